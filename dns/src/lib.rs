@@ -1,0 +1,1 @@
+//! weave-dns (placeholder)

@@ -1,0 +1,1 @@
+//! weave-ipam (placeholder)

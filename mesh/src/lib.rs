@@ -20,6 +20,7 @@
 
 pub mod gossip;
 pub mod peer;
+pub mod session;
 
 pub use gossip::{GossipContext, GossipError, GossipSend, Gossiper, PeerSummary};
 pub use peer::{PeerName, PeerNameParseError, PeerUid};

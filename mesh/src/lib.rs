@@ -19,8 +19,16 @@
 //! - [`node`]: the [`Mesh`] that ties them together.
 
 pub mod gossip;
+pub mod maker;
+pub mod node;
 pub mod peer;
+pub mod routes;
 pub mod session;
+pub mod topology;
+pub mod wire;
 
 pub use gossip::{GossipContext, GossipError, GossipSend, Gossiper, PeerSummary};
+pub use node::{Action, ConnId, ConnState, ConnectionStatus, Event, Mesh, MeshConfig, MeshStats};
 pub use peer::{PeerName, PeerNameParseError, PeerUid};
+pub use routes::RouteKind;
+pub use session::{SessionConfig, SleeveKeys};

@@ -1,0 +1,489 @@
+//! Links, addresses and routes over rtnetlink, in one network namespace per connection.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsFd, AsRawFd};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope,
+};
+use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use super::error::{SysError, is_errno};
+use super::netns::Netns;
+
+/// Longest interface name the kernel accepts (IFNAMSIZ less the NUL).
+pub(crate) const MAX_IFNAME: usize = 15;
+
+/// Checks an interface name the way the kernel's `dev_valid_name` does.
+pub(crate) fn check_ifname(name: &str) -> Result<(), SysError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_IFNAME
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
+    if ok {
+        Ok(())
+    } else {
+        Err(SysError::InvalidName(name.to_owned()))
+    }
+}
+
+/// What we read back about an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LinkInfo {
+    pub(crate) index: u32,
+    pub(crate) name: String,
+    pub(crate) mtu: u32,
+    pub(crate) mac: Option<[u8; 6]>,
+    /// Administratively up (IFF_UP).
+    pub(crate) up: bool,
+    /// The bridge (or other controller) it is a port of.
+    pub(crate) master: Option<u32>,
+    /// The link kind ("bridge", "veth", "tun"), absent for loopback and the like.
+    pub(crate) kind: Option<String>,
+}
+
+impl LinkInfo {
+    fn from_message(msg: &LinkMessage) -> Self {
+        let mut info = Self {
+            index: msg.header.index,
+            name: String::new(),
+            mtu: 0,
+            mac: None,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            master: None,
+            kind: None,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => info.name.clone_from(name),
+                LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
+                LinkAttribute::Address(mac) => info.mac = <[u8; 6]>::try_from(&mac[..]).ok(),
+                LinkAttribute::Controller(idx) if *idx != 0 => info.master = Some(*idx),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let NlLinkInfo::Kind(kind) = i {
+                            info.kind = Some(kind.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        info
+    }
+}
+
+/// An IPv4 route as read back from the main table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Route4 {
+    pub(crate) dest: Ipv4Net,
+    pub(crate) oif: Option<u32>,
+    pub(crate) gateway: Option<Ipv4Addr>,
+}
+
+/// The far end of a new veth pair: its name, and the namespace it is created in.
+#[derive(Clone, Debug)]
+pub(crate) struct VethPeer<'a> {
+    pub(crate) name: &'a str,
+    /// Created directly in this namespace (no window where it sits in ours).
+    pub(crate) netns: Option<&'a Netns>,
+    pub(crate) mac: Option<[u8; 6]>,
+}
+
+/// An rtnetlink connection bound to one network namespace. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct Netlink {
+    handle: rtnetlink::Handle,
+}
+
+impl Netlink {
+    /// Connects in the calling thread's namespace. Needs a tokio runtime: the
+    /// connection runs as a task on it and ends when the last clone is dropped.
+    pub(crate) fn connect() -> Result<Self, SysError> {
+        let (conn, handle, _unsolicited) =
+            rtnetlink::new_connection().map_err(|source| SysError::Io {
+                context: "opening a netlink socket".into(),
+                source,
+            })?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// Connects inside `ns`: the socket is made on a thread in `ns` (which binds it
+    /// there for good), then driven by the caller's runtime.
+    pub(crate) async fn connect_in(ns: &Netns) -> Result<Self, SysError> {
+        let rt = tokio::runtime::Handle::current();
+        let (conn, handle, _unsolicited) = ns
+            .run(move || {
+                // Register the socket with the caller's reactor from the namespace thread.
+                let _guard = rt.enter();
+                rtnetlink::new_connection()
+            })
+            .await?
+            .map_err(|source| SysError::Io {
+                context: format!("opening a netlink socket in {}", ns.label()),
+                source,
+            })?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// The interface called `name`, if any.
+    pub(crate) async fn link(&self, name: &str) -> Result<Option<LinkInfo>, SysError> {
+        check_ifname(name)?;
+        let req = self.handle.link().get().match_name(name).execute();
+        Self::first_link(req, &format!("looking up {name}")).await
+    }
+
+    /// The interface with index `index`, if any.
+    pub(crate) async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>, SysError> {
+        let req = self.handle.link().get().match_index(index).execute();
+        Self::first_link(req, &format!("looking up interface #{index}")).await
+    }
+
+    async fn first_link(
+        mut req: impl futures::Stream<Item = Result<LinkMessage, rtnetlink::Error>> + Unpin,
+        op: &str,
+    ) -> Result<Option<LinkInfo>, SysError> {
+        match req.try_next().await {
+            Ok(Some(msg)) => Ok(Some(LinkInfo::from_message(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(SysError::netlink(op, e)),
+        }
+    }
+
+    /// Every interface in the namespace.
+    pub(crate) async fn links(&self) -> Result<Vec<LinkInfo>, SysError> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| SysError::netlink("listing interfaces", e))?;
+        Ok(msgs.iter().map(LinkInfo::from_message).collect())
+    }
+
+    /// The interface called `name`, or an error saying it is missing.
+    pub(crate) async fn require(&self, name: &str) -> Result<LinkInfo, SysError> {
+        self.link(name)
+            .await?
+            .ok_or_else(|| SysError::NoSuchLink(name.to_owned()))
+    }
+
+    /// Creates bridge `name` if absent, sets its MTU (when given) and brings it up.
+    /// Idempotent; fails if `name` exists as something other than a bridge.
+    pub(crate) async fn ensure_bridge(
+        &self,
+        name: &str,
+        mtu: Option<u32>,
+    ) -> Result<LinkInfo, SysError> {
+        check_ifname(name)?;
+        if self.link(name).await?.is_none() {
+            let mut msg = LinkBridge::new(name);
+            if let Some(mtu) = mtu {
+                msg = msg.mtu(mtu);
+            }
+            match self.handle.link().add(msg.build()).execute().await {
+                // Lost a race with another creator: fall through to the checks below.
+                Err(e) if is_errno(&e, libc::EEXIST) => {}
+                Err(e) if is_errno(&e, libc::EOPNOTSUPP) => {
+                    return Err(SysError::Unsupported {
+                        kind: "bridge",
+                        source: super::error::netlink_io_error(e),
+                    });
+                }
+                Err(e) => return Err(SysError::netlink(format!("creating bridge {name}"), e)),
+                Ok(()) => {}
+            }
+        }
+        let link = self.require(name).await?;
+        if link.kind.as_deref() != Some("bridge") {
+            return Err(SysError::WrongKind {
+                name: name.to_owned(),
+                expected: "bridge",
+                found: link.kind.unwrap_or_else(|| "device of unknown kind".into()),
+            });
+        }
+        if let Some(mtu) = mtu
+            && link.mtu != mtu
+        {
+            self.set_mtu(name, mtu).await?;
+        }
+        if !link.up {
+            self.set_up(name).await?;
+        }
+        self.require(name).await
+    }
+
+    /// Deletes interface `name` (for a veth, both ends go). Returns whether it existed.
+    pub(crate) async fn delete_link(&self, name: &str) -> Result<bool, SysError> {
+        let Some(link) = self.link(name).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(false),
+            Err(e) => Err(SysError::netlink(format!("deleting {name}"), e)),
+        }
+    }
+
+    async fn set(
+        &self,
+        name: &str,
+        op: &str,
+        f: impl FnOnce(LinkMessageBuilder<LinkUnspec>) -> LinkMessageBuilder<LinkUnspec>,
+    ) -> Result<(), SysError> {
+        let link = self.require(name).await?;
+        let msg = f(LinkUnspec::new_with_index(link.index)).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| SysError::netlink(format!("{op} {name}"), e))
+    }
+
+    /// Brings `name` up.
+    pub(crate) async fn set_up(&self, name: &str) -> Result<(), SysError> {
+        self.set(name, "bringing up", LinkMessageBuilder::up).await
+    }
+
+    /// Takes `name` down.
+    pub(crate) async fn set_down(&self, name: &str) -> Result<(), SysError> {
+        self.set(name, "taking down", LinkMessageBuilder::down)
+            .await
+    }
+
+    /// Sets the MTU of `name`.
+    pub(crate) async fn set_mtu(&self, name: &str, mtu: u32) -> Result<(), SysError> {
+        self.set(name, &format!("setting MTU {mtu} on"), |b| b.mtu(mtu))
+            .await
+    }
+
+    /// Sets the MAC address of `name`.
+    pub(crate) async fn set_mac(&self, name: &str, mac: [u8; 6]) -> Result<(), SysError> {
+        self.set(name, "setting the MAC of", |b| b.address(mac.to_vec()))
+            .await
+    }
+
+    /// Makes `name` a port of bridge `bridge`.
+    pub(crate) async fn set_master(&self, name: &str, bridge: &str) -> Result<(), SysError> {
+        let br = self.require(bridge).await?;
+        self.set(name, &format!("attaching to {bridge}"), |b| {
+            b.controller(br.index)
+        })
+        .await
+    }
+
+    /// Takes `name` off its bridge.
+    pub(crate) async fn set_nomaster(&self, name: &str) -> Result<(), SysError> {
+        self.set(name, "detaching", LinkMessageBuilder::nocontroller)
+            .await
+    }
+
+    /// Creates a veth pair `name` (here) and `peer.name` (in `peer.netns`, or here),
+    /// both with `mtu`. Fails if either name is taken.
+    pub(crate) async fn create_veth(
+        &self,
+        name: &str,
+        peer: &VethPeer<'_>,
+        mtu: u32,
+    ) -> Result<(), SysError> {
+        check_ifname(name)?;
+        check_ifname(peer.name)?;
+        let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.name)
+            .mtu(mtu);
+        if let Some(ns) = peer.netns {
+            // The kernel dups the fd while handling the request; `ns` outlives the call.
+            peer_msg = peer_msg.setns_by_fd(ns.as_fd().as_raw_fd());
+        }
+        if let Some(mac) = peer.mac {
+            peer_msg = peer_msg.address(mac.to_vec());
+        }
+        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(name)
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
+            .build();
+        self.handle.link().add(msg).execute().await.map_err(|e| {
+            if is_errno(&e, libc::EOPNOTSUPP) {
+                SysError::Unsupported {
+                    kind: "veth",
+                    source: super::error::netlink_io_error(e),
+                }
+            } else {
+                SysError::netlink(format!("creating veth {name}/{}", peer.name), e)
+            }
+        })
+    }
+
+    /// Moves `name` into `ns`, renamed to `new_name` there if given (in the same
+    /// request, so it never clashes with a name left behind here).
+    pub(crate) async fn move_to_netns(
+        &self,
+        name: &str,
+        ns: &Netns,
+        new_name: Option<&str>,
+    ) -> Result<(), SysError> {
+        if let Some(new) = new_name {
+            check_ifname(new)?;
+        }
+        let fd = ns.as_fd().as_raw_fd();
+        self.set(name, &format!("moving to {}", ns.label()), |b| {
+            let b = b.setns_by_fd(fd);
+            match new_name {
+                Some(new) => b.name(new),
+                None => b,
+            }
+        })
+        .await
+    }
+
+    /// Adds `addr` (address and prefix) to `name`. Returns false if it was already there.
+    pub(crate) async fn add_address(&self, name: &str, addr: Ipv4Net) -> Result<bool, SysError> {
+        let link = self.require(name).await?;
+        match self
+            .handle
+            .address()
+            .add(link.index, IpAddr::V4(addr.addr()), addr.prefix_len())
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(false),
+            Err(e) => Err(SysError::netlink(format!("adding {addr} to {name}"), e)),
+        }
+    }
+
+    /// Removes `addr` from `name`. Returns false if it was not there.
+    pub(crate) async fn del_address(&self, name: &str, addr: Ipv4Net) -> Result<bool, SysError> {
+        let link = self.require(name).await?;
+        let found = self
+            .address_messages(link.index)
+            .await?
+            .into_iter()
+            .find(|msg| Self::address_of(msg) == Some(addr));
+        let Some(msg) = found else {
+            return Ok(false);
+        };
+        match self.handle.address().del(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if is_errno(&e, libc::EADDRNOTAVAIL) => Ok(false),
+            Err(e) => Err(SysError::netlink(format!("removing {addr} from {name}"), e)),
+        }
+    }
+
+    /// The IPv4 addresses on `name`.
+    pub(crate) async fn addresses(&self, name: &str) -> Result<Vec<Ipv4Net>, SysError> {
+        let link = self.require(name).await?;
+        Ok(self
+            .address_messages(link.index)
+            .await?
+            .iter()
+            .filter_map(Self::address_of)
+            .collect())
+    }
+
+    async fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>, SysError> {
+        self.handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| SysError::netlink(format!("listing addresses of #{index}"), e))
+    }
+
+    fn address_of(msg: &AddressMessage) -> Option<Ipv4Net> {
+        // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer's on p2p links).
+        msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(IpAddr::V4(ip)) => {
+                Ipv4Net::new(*ip, msg.header.prefix_len).ok()
+            }
+            _ => None,
+        })
+    }
+
+    /// Adds a route to `dest` out of `dev` (via `gateway` if given) to the main table.
+    /// Returns false if an identical route was already there.
+    pub(crate) async fn add_route(
+        &self,
+        dest: Ipv4Net,
+        dev: &str,
+        gateway: Option<Ipv4Addr>,
+    ) -> Result<bool, SysError> {
+        let link = self.require(dev).await?;
+        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dest.network(), dest.prefix_len())
+            .output_interface(link.index);
+        builder = match gateway {
+            Some(gw) => builder.gateway(gw),
+            None => builder.scope(RouteScope::Link),
+        };
+        match self.handle.route().add(builder.build()).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(false),
+            Err(e) => Err(SysError::netlink(
+                format!("adding route {dest} dev {dev}"),
+                e,
+            )),
+        }
+    }
+
+    /// The IPv4 routes of the main table.
+    pub(crate) async fn routes(&self) -> Result<Vec<Route4>, SysError> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| SysError::netlink("listing routes", e))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| {
+                let table = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                });
+                table.unwrap_or(u32::from(m.header.table)) == u32::from(RouteHeader::RT_TABLE_MAIN)
+            })
+            .filter_map(|m| {
+                let mut dest = Ipv4Addr::UNSPECIFIED;
+                let mut route = Route4 {
+                    dest: Ipv4Net::default(),
+                    oif: None,
+                    gateway: None,
+                };
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(ip)) => dest = *ip,
+                        RouteAttribute::Oif(i) => route.oif = Some(*i),
+                        RouteAttribute::Gateway(RouteAddress::Inet(gw)) => {
+                            route.gateway = Some(*gw)
+                        }
+                        _ => {}
+                    }
+                }
+                route.dest = Ipv4Net::new(dest, m.header.destination_prefix_length).ok()?;
+                Some(route)
+            })
+            .collect())
+    }
+}

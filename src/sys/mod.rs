@@ -1,0 +1,27 @@
+//! Host plumbing: the IO edge between the daemon and the Linux network stack.
+//!
+//! Bridges, veth pairs, addresses and routes over rtnetlink (never by running `ip`);
+//! network namespaces, entered per thread; the TAP device the router reads frames from;
+//! and the iptables rules that let the bridge's traffic through a DROP forwarding policy.
+//! This is the one module allowed `unsafe` (setns, unshare, the TUNSETIFF ioctl, raw
+//! read/write on the TAP fd); each block says why it is sound.
+#![allow(unsafe_code)]
+
+mod container;
+mod error;
+mod firewall;
+mod link;
+mod netns;
+mod tap;
+
+#[cfg(test)]
+mod tests;
+
+pub(crate) use container::{
+    CONTAINER_IFNAME, VethSpec, attach_tap, attach_veth, detach_veth, expose, hide,
+};
+pub(crate) use error::SysError;
+pub(crate) use firewall::{FORWARD_CHAIN, ForwardRules};
+pub(crate) use link::{LinkInfo, MAX_IFNAME, Netlink, Route4, VethPeer, check_ifname};
+pub(crate) use netns::{NETNS_RUN_DIR, Netns, NsId, NsTarget, process_alive};
+pub(crate) use tap::{Tap, TapOptions};

@@ -195,7 +195,37 @@ impl Paxos {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn arb_state() -> impl Strategy<Value = AcceptorState> {
+        let pid = (0u64..4, 1u64..4).prop_map(|(round, p)| ProposalId {
+            round,
+            proposer: PeerName::from_u64(p),
+        });
+        let value = prop::collection::vec((1u64..5).prop_map(PeerName::from_u64), 1..3);
+        (
+            prop::option::of(pid.clone()),
+            prop::option::of((pid, value)),
+        )
+            .prop_map(|(promised, accepted)| AcceptorState { promised, accepted })
+    }
+
+    fn join(a: &AcceptorState, b: &AcceptorState) -> AcceptorState {
+        let mut out = a.clone();
+        out.join(b);
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn acceptor_join_is_a_join(a in arb_state(), b in arb_state(), c in arb_state()) {
+            prop_assert_eq!(join(&a, &a), a.clone());
+            prop_assert_eq!(join(&a, &b), join(&b, &a));
+            prop_assert_eq!(join(&join(&a, &b), &c), join(&a, &join(&b, &c)));
+        }
+    }
 
     fn name(n: u64) -> PeerName {
         PeerName::from_u64(n)

@@ -71,8 +71,15 @@ pub(crate) struct Sim {
     pub(crate) conflict_errors: u64,
     /// Off only in tests of the misuse that breaks it (two takeovers of one peer).
     pub(crate) check_ownership: bool,
+    /// Bytes put on the wire, each copy to each receiver counted.
     pub(crate) gossip_bytes: u64,
     pub(crate) messages: u64,
+    /// Chance per step of one anti-entropy exchange between a random pair.
+    pub(crate) anti_entropy_rate: f64,
+    /// Bytes the allocators emitted (a broadcast counted once, whatever its fan-out).
+    pub(crate) sent_bytes: u64,
+    /// Of which broadcasts.
+    pub(crate) sent_broadcast: u64,
 }
 
 pub(crate) fn name(i: usize) -> PeerName {
@@ -106,6 +113,9 @@ impl Sim {
             check_ownership: true,
             gossip_bytes: 0,
             messages: 0,
+            sent_bytes: 0,
+            sent_broadcast: 0,
+            anti_entropy_rate: 0.3,
         };
         for i in 0..n {
             let ipam = Ipam::new(sim.config[i].clone(), name(i)).expect("valid config");
@@ -226,6 +236,14 @@ impl Sim {
     }
 
     fn send(&mut self, from: usize, send: GossipSend) {
+        self.sent_bytes += match &send {
+            GossipSend::Broadcast(b) | GossipSend::Neighbours(b) | GossipSend::Unicast(_, b) => {
+                b.len() as u64
+            }
+        };
+        if let GossipSend::Broadcast(b) = &send {
+            self.sent_broadcast += b.len() as u64;
+        }
         match send {
             GossipSend::Broadcast(bytes) => {
                 for to in self.neighbours(from) {
@@ -362,7 +380,7 @@ impl Sim {
             }
         }
         let n = self.nodes.len();
-        if n > 1 && self.chance(0.3) {
+        if n > 1 && self.chance(self.anti_entropy_rate) {
             let a = (self.rng.next_u64() % n as u64) as usize;
             let b = (self.rng.next_u64() % n as u64) as usize;
             if a != b && self.connected(a, b) {
@@ -941,6 +959,162 @@ mod tests {
             .unwrap()
             .status(&sim.nodes[2].harness.peers);
         assert!(st0.conflicts + st2.conflicts > 0);
+    }
+
+    #[test]
+    fn claims_follow_ownership() {
+        let mut sim = Sim::new(2, &seeded(2), 16);
+        sim.settle();
+        let theirs = Ipv4Addr::new(198, 18, 2, 77); // in node 1's half
+        let outside = Ipv4Addr::new(198, 51, 100, 7);
+        // Outside the range: just recorded.
+        let r = sim
+            .call(0, |ipam, ctx| ipam.claim(ctx, "ext", outside, None))
+            .unwrap();
+        assert_eq!(r, Ok(AllocResult::Ready(outside)));
+        // Ours and free: granted at once; the network address of a subnet is refused.
+        let subnet: Cidr = "198.18.0.0/24".parse().unwrap();
+        let r = sim.call(0, |ipam, ctx| {
+            ipam.claim(ctx, "a", Ipv4Addr::new(198, 18, 0, 9), Some(subnet))
+        });
+        assert_eq!(
+            r.unwrap(),
+            Ok(AllocResult::Ready(Ipv4Addr::new(198, 18, 0, 9)))
+        );
+        let r = sim.call(0, |ipam, ctx| {
+            ipam.claim(ctx, "a", subnet.network(), Some(subnet))
+        });
+        assert!(matches!(
+            r.unwrap(),
+            Err(crate::IpamError::ReservedAddress { .. })
+        ));
+        // Another identity cannot take it.
+        let r = sim.call(0, |ipam, ctx| {
+            ipam.claim(ctx, "b", Ipv4Addr::new(198, 18, 0, 9), None)
+        });
+        assert!(matches!(
+            r.unwrap(),
+            Err(crate::IpamError::AddressInUse { .. })
+        ));
+        // Owned by node 1 and free there: node 1 hands it over.
+        let Some(Ok(AllocResult::Pending(req))) =
+            sim.call(0, |ipam, ctx| ipam.claim(ctx, "c", theirs, None))
+        else {
+            panic!("claim of a remote address is pending");
+        };
+        sim.nodes[0].pending.insert(req, "c".to_owned());
+        sim.settle();
+        assert_eq!(sim.nodes[0].containers.get("c"), Some(&theirs));
+        let ipam0 = sim.nodes[0].ipam.as_ref().unwrap();
+        assert_eq!(ipam0.lookup("c"), vec![theirs]);
+        // Node 1 allocates its lowest address; node 0 claiming it fails.
+        let Some(AllocResult::Ready(busy)) = sim.allocate(1, None) else {
+            panic!("node 1 has room");
+        };
+        let Some(Ok(AllocResult::Pending(req))) =
+            sim.call(0, |ipam, ctx| ipam.claim(ctx, "d", busy, None))
+        else {
+            panic!("pending");
+        };
+        sim.nodes[0].pending.insert(req, "d".to_owned());
+        sim.settle();
+        assert!(sim.nodes[0].pending.is_empty(), "the claim failed");
+        assert!(sim.nodes[0].ipam.as_ref().unwrap().lookup("d").is_empty());
+        // Free by address and by identity.
+        let ident = sim
+            .call(0, |ipam, ctx| ipam.free_addr(ctx, theirs))
+            .unwrap();
+        assert_eq!(ident.as_deref(), Some("c"));
+        let freed = sim.call(0, |ipam, ctx| ipam.free_ident(ctx, "a")).unwrap();
+        assert_eq!(freed, vec![Ipv4Addr::new(198, 18, 0, 9)]);
+    }
+
+    #[test]
+    fn status_and_metrics() {
+        let mut sim = Sim::new(3, &seeded(3), 17);
+        sim.settle();
+        sim.allocate(0, None);
+        sim.allocate(0, None);
+        sim.crash(2, Crash::LoseEverything);
+        let node = &sim.nodes[0];
+        let ipam = node.ipam.as_ref().unwrap();
+        let status = ipam.status(&node.harness.peers);
+        assert_eq!(status.status, "ready");
+        let lines = status.owner_lines();
+        let first = lines.lines().next().unwrap();
+        assert!(first.starts_with(&format!("{}", name(0))), "{first}");
+        assert!(
+            first.contains("256 IPs (25.0% of total) (2 active)"),
+            "{first}"
+        );
+        let last = lines.lines().last().unwrap();
+        assert!(
+            last.contains("512 IPs (50.0% of total) - unreachable!"),
+            "{last}"
+        );
+        assert!(status.to_string().contains("Range: 198.18.0.0/22"));
+        let m = ipam.metrics(&node.harness.peers);
+        assert_eq!(m.local_used, 2);
+        assert_eq!(m.total, 1024);
+        assert_eq!(m.unreachable_owners, 1);
+        assert_eq!(m.unreachable_addresses, 512);
+        assert_eq!(m.pending_allocations, 0);
+    }
+
+    /// Bytes of gossip per allocation: local allocations (space already owned) and
+    /// allocations that need space from another peer. Run with `--nocapture` to see them.
+    #[test]
+    fn gossip_bytes_per_allocation() {
+        let n = 8;
+        let mut sim = Sim::new(n, &seeded(n), 15);
+        sim.settle();
+        let whole_ring = sim.nodes[0].ipam.as_ref().unwrap().complete().len();
+        // Only what allocations cause: no periodic anti-entropy while measuring.
+        sim.anti_entropy_rate = 0.0;
+        // On a mesh a broadcast crosses n - 1 links once each; unicasts one path.
+        let wire =
+            |sim: &Sim| (sim.sent_bytes - sim.sent_broadcast) + sim.sent_broadcast * (n as u64 - 1);
+        let (sent0, wire0) = (sim.sent_bytes, wire(&sim));
+        // Local: each peer but the last allocates 100 in its own eighth.
+        let local = 100 * (n - 1);
+        for i in 0..n - 1 {
+            for _ in 0..100 {
+                assert!(matches!(sim.allocate(i, None), Some(AllocResult::Ready(_))));
+            }
+        }
+        sim.run(100);
+        let local_sent = (sim.sent_bytes - sent0) as f64 / local as f64;
+        let local_wire = (wire(&sim) - wire0) as f64 / local as f64;
+        // Remote: the others allocate in node 7's eighth, which forces donations.
+        let subnet: Cidr = "198.18.3.128/25".parse().unwrap();
+        let (sent1, wire1) = (sim.sent_bytes, wire(&sim));
+        let mut done = 0;
+        for i in 0..n - 1 {
+            for _ in 0..10 {
+                sim.allocate(i, Some(subnet));
+                done += 1;
+            }
+            sim.run(100);
+        }
+        let held: usize = sim.nodes[..n - 1]
+            .iter()
+            .map(|n| {
+                n.containers
+                    .values()
+                    .filter(|a| subnet.contains(**a))
+                    .count()
+            })
+            .sum();
+        assert_eq!(held, done);
+        let remote_sent = (sim.sent_bytes - sent1) as f64 / done as f64;
+        let remote_wire = (wire(&sim) - wire1) as f64 / done as f64;
+        println!(
+            "ipam gossip, {n} peers: whole ring {whole_ring} B; allocation from own space \
+             {local_sent:.1} B sent, {local_wire:.1} B over all links; allocation needing \
+             space from a donor {remote_sent:.1} B sent, {remote_wire:.1} B over all links"
+        );
+        // Free-space hints are coalesced: local allocations cost far less than one ring.
+        assert!(local_wire < whole_ring as f64);
     }
 
     /// Random operations, faults and partitions; invariants after every step.

@@ -45,7 +45,7 @@ impl IpamStatus {
                 None => owner.peer.to_string(),
             };
             out.push_str(&format!(
-                "{label:<40} {:>8} IPs ({:04.1}% of total)",
+                "{label:<40} {:>8} IPs ({:.1}% of total)",
                 owner.addresses, owner.percent
             ));
             if let Some(active) = owner.active {

@@ -776,3 +776,79 @@ fn a_custom_domain_and_ttl() {
         now,
     ));
 }
+
+mod robustness {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn check(
+        server: &mut Server,
+        store: &NameStore,
+        bytes: &[u8],
+        transport: Transport,
+        now: Instant,
+    ) {
+        match server.answer(store, bytes, transport, now) {
+            Answer::Reply(reply) => {
+                assert!(
+                    reply.len()
+                        <= if transport == Transport::Udp {
+                            4096
+                        } else {
+                            65535
+                        }
+                );
+                let m = Message::from_vec(&reply).expect("our replies parse");
+                assert_eq!(m.metadata.message_type, MessageType::Response);
+                if bytes.len() >= 2 {
+                    assert_eq!(m.metadata.id, u16::from_be_bytes([bytes[0], bytes[1]]));
+                }
+            }
+            Answer::Forward(plan) => {
+                Message::from_vec(&server.forward_failed(&plan)).expect("our SERVFAIL parses");
+                // Any reply bytes, even carrying the right ID, never panic.
+                let mut junk = bytes.to_vec();
+                if junk.len() >= 3 {
+                    junk[0..2].copy_from_slice(&plan.query()[0..2]);
+                    junk[2] |= 0x80;
+                }
+                let _ = server.forward_reply(&plan, &junk, now);
+            }
+            Answer::Drop => {}
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600), tcp in any::<bool>()) {
+            let now = Instant::now();
+            let (mut server, store) = setup(now);
+            server.set_upstreams(vec![upstream(1)]);
+            let transport = if tcp { Transport::Tcp } else { Transport::Udp };
+            check(&mut server, &store, &bytes, transport, now);
+        }
+
+        #[test]
+        fn mutated_queries_never_panic(
+            which in 0..6usize,
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            cut in any::<prop::sample::Index>(),
+            tcp in any::<bool>(),
+        ) {
+            let now = Instant::now();
+            let (mut server, store) = setup(now);
+            server.set_upstreams(vec![upstream(1)]);
+            let names = ["web.weave.local.", "x.weave.local.", "web.", "9.0.18.198.in-addr.arpa.", "www.example.", "weave.local."];
+            let mut bytes = query(names[which], RecordType::A, if tcp { None } else { Some(1232) });
+            for (at, value) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= value;
+            }
+            let len = bytes.len();
+            bytes.truncate(len - cut.index(len / 4 + 1));
+            let transport = if tcp { Transport::Tcp } else { Transport::Udp };
+            check(&mut server, &store, &bytes, transport, now);
+        }
+    }
+}

@@ -90,6 +90,17 @@ pub struct Entry {
     pub origin: PeerName,
 }
 
+impl Entry {
+    /// The name without `domain` (`web` for `web.weave.local.`), as `weave status dns`
+    /// shows it; the full name if it is not below `domain`.
+    pub fn hostname(&self, domain: &WireName) -> String {
+        WireName::from_dotted(&self.name)
+            .ok()
+            .and_then(|name| name.strip_domain(domain))
+            .unwrap_or_else(|| self.name.clone())
+    }
+}
+
 /// All name records known to this peer, indexed by name and by address for answering.
 ///
 /// Implements [`Gossiper`] for channel [`CHANNEL`]. Local changes ([`Self::add`],
@@ -117,6 +128,9 @@ pub struct NameStore {
 }
 
 impl NameStore {
+    /// An empty store for peer `local`. After a restart, re-add the persisted records
+    /// before joining the mesh: records claiming to be ours that arrive first and that we
+    /// do not hold are tombstoned (a re-add then wins with a newer version, after a flap).
     pub fn new(local: PeerName, now: Instant) -> Self {
         Self {
             local,

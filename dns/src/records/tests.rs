@@ -87,6 +87,9 @@ fn add_lookup_remove() {
     assert_eq!(s.lookup_addr(addr(2)).as_deref(), Some("db.weave.local."));
     assert_eq!(s.local_entry_count(), 3);
     assert_eq!(s.entries().len(), 3);
+    let domain = WireName::from_dotted("weave.local").unwrap();
+    assert_eq!(s.entries()[0].hostname(&domain), "db");
+    assert_eq!(s.entries()[0].name, "db.weave.local.");
     assert!(s.add("bad name", addr(1), "c1", now).is_err());
     assert!(
         s.add("ok.weave.local", addr(1), &"x".repeat(300), now)

@@ -219,7 +219,7 @@ pub struct Ipam {
 
 impl Ipam {
     /// A peer starting without saved state. In seed mode the ring exists at once. New
-    /// allocations wait until [`Self::finish_reclaim`] (see [`Sync`] docs).
+    /// allocations wait until [`Self::finish_reclaim`] (see the crate docs).
     pub fn new(config: IpamConfig, local: PeerName) -> Result<Self, IpamError> {
         let mut ipam = Self::empty(config, local)?;
         ipam.sync = Some(Sync::default());
@@ -569,7 +569,7 @@ impl Ipam {
     }
 
     /// The daemon has re-claimed the addresses of every container still running here
-    /// (after a start without saved state). See [`Sync`].
+    /// (after a start without saved state). See the crate docs.
     pub fn finish_reclaim(&mut self, ctx: &mut GossipContext<'_>) {
         if let Some(sync) = &mut self.sync {
             sync.reclaim_done = true;
@@ -1365,8 +1365,11 @@ impl Ipam {
             }
             p.asked = None;
         }
-        if p.retry_at.is_some_and(|at| now < at) {
-            return;
+        if let Some(at) = p.retry_at {
+            if now < at {
+                return;
+            }
+            p.retry_at = None;
         }
         if p.attempts >= MAX_CLAIM_ATTEMPTS {
             let p = self
@@ -1886,9 +1889,14 @@ impl Gossiper for Ipam {
                 consider(self.paxos_deadline);
             }
         }
-        if let Some(sync) = &self.sync {
+        if let Some(sync) = &self.sync
+            && !sync.waiting.is_empty()
+        {
             consider(sync.resend_at);
-            consider(sync.deadline);
+            // The deadline only matters once the daemon is done re-claiming.
+            if sync.reclaim_done {
+                consider(sync.deadline);
+            }
         }
         for p in self.pending.values() {
             consider(p.asked.map(|(_, t)| t));

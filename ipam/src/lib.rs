@@ -25,9 +25,23 @@
 //! 3. call [`Gossiper::handle_timeout`] when [`Gossiper::poll_timeout`] passes.
 //!
 //! A peer started with [`Ipam::new`] (no saved state) may be an old peer that lost its
-//! data: it allocates nothing new until the daemon has re-claimed the addresses of the
-//! containers still running ([`Ipam::claim`]) and called [`Ipam::finish_reclaim`], and
-//! the live peers answered what they know of its ranges (or `sync_timeout` passed).
+//! data: it allocates nothing new (and donates nothing) until the daemon has re-claimed
+//! the addresses of the containers still running ([`Ipam::claim`]) and called
+//! [`Ipam::finish_reclaim`], and every live peer answered a sync request with what it
+//! knows of the ranges it owns or thinks we own (or `sync_timeout` passed). Entries of
+//! ours arriving from others are accepted (Weave's "repair" rule), so it adopts its old
+//! ranges; the sync makes sure it also learns what its old incarnation gave away.
+//!
+//! What is not safe, and how it is contained:
+//! - Losing data is safe only if the peers that saw the old incarnation's last ring
+//!   changes are reachable when it comes back (within `sync_timeout`).
+//! - `rmpeer` of a peer that is alive but cut off, or of one peer on two hosts, makes two
+//!   owners. Their entries tie on version; the larger owner name wins everywhere, the
+//!   merge reports [`IpamEvent::Conflict`], and the loser asks the winner for each of its
+//!   allocations in the lost range ([`IpamEvent::AddressDisputed`] if the winner had
+//!   allocated it too). Nothing panics and no gossip connection is dropped.
+//! - Paxos acceptor state is persisted; a peer losing it in the middle of consensus is
+//!   Paxos' amnesia case (it adopts what gossip still carries of its old state).
 
 use std::net::Ipv4Addr;
 

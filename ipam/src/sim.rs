@@ -69,6 +69,7 @@ pub(crate) struct Sim {
     pub(crate) dup: f64,
     next_ident: u64,
     pub(crate) conflict_errors: u64,
+    pub(crate) disputes: u64,
     /// Off only in tests of the misuse that breaks it (two takeovers of one peer).
     pub(crate) check_ownership: bool,
     /// Bytes put on the wire, each copy to each receiver counted.
@@ -110,6 +111,7 @@ impl Sim {
             dup: 0.0,
             next_ident: 0,
             conflict_errors: 0,
+            disputes: 0,
             check_ownership: true,
             gossip_bytes: 0,
             messages: 0,
@@ -224,9 +226,8 @@ impl Sim {
                         node.containers.remove(&ident);
                     }
                 }
-                IpamEvent::RingReady
-                | IpamEvent::Conflict(_)
-                | IpamEvent::AddressDisputed { .. } => {}
+                IpamEvent::AddressDisputed { .. } => self.disputes += 1,
+                IpamEvent::RingReady | IpamEvent::Conflict(_) => {}
             }
         }
         let sends = node.harness.drain();
@@ -377,6 +378,10 @@ impl Sim {
                 .is_some_and(|t| t <= self.now);
             if due {
                 self.call(i, |ipam, ctx| ipam.handle_timeout(ctx));
+                // A timer that stays due after it fired would spin the daemon's loop.
+                if let Some(next) = self.nodes[i].ipam.as_ref().and_then(Gossiper::poll_timeout) {
+                    assert!(next > self.now, "node {i}: timer still due after firing");
+                }
             }
         }
         let n = self.nodes.len();
@@ -911,54 +916,70 @@ mod tests {
         assert!(ranges.iter().all(|r| r.2 != name(1)));
     }
 
-    #[test]
-    fn double_rmpeer_conflict_is_contained() {
-        let mut sim = Sim::new(4, &seeded(4), 14);
+    /// The misuse Weave warns about: `rmpeer` of one peer on two hosts (here on both
+    /// sides of a partition). Node 2's name is higher, so its takeover wins the tie.
+    fn double_rmpeer(seed: u64, both_allocate: bool) -> Sim {
+        let mut sim = Sim::new(4, &seeded(4), seed);
         sim.settle();
         sim.crash(3, Crash::LoseEverything);
         sim.partition(&[0, 0, 1, 1]);
         sim.check_ownership = false;
-        // The misuse Weave warns about: rmpeer of one peer on two hosts.
         assert!(
-            sim.call(0, |ipam, ctx| ipam.rmpeer(ctx, name(3)))
+            sim.call(0, |i, ctx| i.rmpeer(ctx, name(3)))
                 .unwrap()
                 .is_ok()
         );
         assert!(
-            sim.call(2, |ipam, ctx| ipam.rmpeer(ctx, name(3)))
+            sim.call(2, |i, ctx| i.rmpeer(ctx, name(3)))
                 .unwrap()
                 .is_ok()
         );
-        // Both allocate from the taken range while apart.
         let subnet: Cidr = "198.18.3.0/24".parse().unwrap();
         let a = sim.allocate(0, Some(subnet));
-        let b = sim.allocate(2, Some(subnet));
-        assert_eq!(a, b, "the same address, unavoidably, while partitioned");
-        // Remove one of the two containers so the invariant checker only sees the
-        // conflict the ring must resolve: after healing one peer wins the range and the
-        // other asks for its allocation back and gets it.
-        sim.nodes[2].containers.clear();
-        let conflicts_before = sim.conflict_errors;
+        assert_eq!(a, Some(AllocResult::Ready(Ipv4Addr::new(198, 18, 3, 1))));
+        if both_allocate {
+            let b = sim.allocate(2, Some(subnet));
+            assert_eq!(a, b, "the same address, unavoidably, while partitioned");
+            // Keep only one holder in the ground truth: the duplicate is the misuse's.
+            sim.nodes[2].containers.clear();
+        }
+        let errors_before = sim.conflict_errors;
         sim.heal();
         sim.settle();
+        assert_eq!(
+            sim.conflict_errors, errors_before,
+            "conflicts never refuse gossip"
+        );
         sim.check_ownership = true;
         sim.check();
         rings_agree(&sim);
-        assert_eq!(
-            sim.conflict_errors, conflicts_before,
-            "conflicts never refuse gossip"
+        sim
+    }
+
+    #[test]
+    fn double_rmpeer_conflict_is_repaired() {
+        let sim = double_rmpeer(14, false);
+        // Node 0 lost the range but asked for its allocation back and got it.
+        let ipam0 = sim.nodes[0].ipam.as_ref().unwrap();
+        let addr = Ipv4Addr::new(198, 18, 3, 1);
+        assert_eq!(ipam0.lookup("c1"), vec![addr]);
+        assert!(
+            ipam0
+                .owned_ranges()
+                .iter()
+                .any(|&(s, n)| s == addr && n == 1)
         );
-        let st0 = sim.nodes[0]
-            .ipam
-            .as_ref()
-            .unwrap()
-            .status(&sim.nodes[0].harness.peers);
-        let st2 = sim.nodes[2]
-            .ipam
-            .as_ref()
-            .unwrap()
-            .status(&sim.nodes[2].harness.peers);
-        assert!(st0.conflicts + st2.conflicts > 0);
+        assert!(ipam0.status(&sim.nodes[0].harness.peers).conflicts > 0);
+        assert_eq!(sim.disputes, 0);
+    }
+
+    #[test]
+    fn double_rmpeer_duplicate_is_reported() {
+        let sim = double_rmpeer(15, true);
+        assert_eq!(
+            sim.disputes, 1,
+            "the loser reports the address it could not get back"
+        );
     }
 
     #[test]

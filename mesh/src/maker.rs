@@ -162,9 +162,11 @@ impl Targets {
         due
     }
 
-    pub fn next_due(&self) -> Option<Instant> {
+    /// When the next target is due; discovered ones count only if `allow_discovered`.
+    pub fn next_due(&self, allow_discovered: bool) -> Option<Instant> {
         self.targets
             .values()
+            .filter(|t| allow_discovered || t.origin == Origin::Direct)
             .filter_map(|t| match t.state {
                 TargetState::Waiting { at } => Some(at),
                 _ => None,

@@ -81,7 +81,7 @@ impl MeshConfig {
         Self {
             name,
             nickname,
-            uid: seed ^ 0x5eed_0f_u64.rotate_left(17),
+            uid: seed.rotate_left(17) ^ 0x005e_ed0f,
             generation: 0,
             listen_port: 6783,
             session: SessionConfig::default(),
@@ -457,13 +457,11 @@ impl Mesh {
             self.after_input();
             return;
         }
-        loop {
-            let Some(conn) = self.conns.get_mut(&conn_id) else {
-                break;
-            };
-            let Some(payload) = conn.session.poll_message() else {
-                break;
-            };
+        while let Some(payload) = self
+            .conns
+            .get_mut(&conn_id)
+            .and_then(|c| c.session.poll_message())
+        {
             self.stats.messages_received += 1;
             match Message::decode(&payload) {
                 Ok(message) => self.handle_message(conn_id, message),
@@ -501,7 +499,11 @@ impl Mesh {
                 self.broadcast_topology(self.config.name, delta, None);
             }
         }
-        if self.recalc_at.is_some_and(|at| at <= now) {
+        let gc_due = self
+            .unreachable_since
+            .values()
+            .any(|since| *since + self.config.gc_grace <= now);
+        if gc_due || self.recalc_at.is_some_and(|at| at <= now) {
             self.recalc_at = None;
             self.recalculate();
         }
@@ -541,33 +543,46 @@ impl Mesh {
 
     /// When [`Mesh::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut next = Some(self.next_anti_entropy);
-        let mut consider = |at: Option<Instant>| {
-            if let Some(at) = at {
-                next = Some(next.map_or(at, |n: Instant| n.min(at)));
+        self.poll_timeout_with_reason().map(|(at, _)| at)
+    }
+
+    /// [`Mesh::poll_timeout`] with what it is for (for debugging and the logs).
+    pub fn poll_timeout_with_reason(&self) -> Option<(Instant, &'static str)> {
+        let mut next = (self.next_anti_entropy, "anti-entropy");
+        let mut consider = |at: Option<Instant>, reason: &'static str| {
+            if let Some(at) = at
+                && at < next.0
+            {
+                next = (at, reason);
             }
         };
-        consider(self.flush_at);
-        consider(self.recalc_at);
-        consider(self.targets.next_due());
+        consider(self.flush_at, "topology flush");
+        consider(self.recalc_at, "route recalculation");
+        consider(self.targets.next_due(!self.at_conn_limit()), "dial");
         for conn in self.conns.values() {
             if conn.remote.is_some() {
-                consider(Some(conn.next_heartbeat));
-                consider(Some(conn.last_rx + self.config.liveness_timeout));
+                consider(Some(conn.next_heartbeat), "heartbeat");
+                consider(
+                    Some(conn.last_rx + self.config.liveness_timeout),
+                    "liveness",
+                );
             } else {
-                consider(Some(conn.opened + self.config.handshake_timeout));
+                consider(
+                    Some(conn.opened + self.config.handshake_timeout),
+                    "handshake timeout",
+                );
             }
         }
         for gossiper in self.channels.values() {
-            consider(gossiper.poll_timeout());
+            consider(gossiper.poll_timeout(), "application");
         }
-        consider(
-            self.unreachable_since
-                .values()
-                .map(|since| *since + self.config.gc_grace)
-                .min(),
-        );
-        next
+        let gc = self
+            .unreachable_since
+            .values()
+            .map(|since| *since + self.config.gc_grace)
+            .min();
+        consider(gc, "peer garbage collection");
+        Some(next)
     }
 
     // ----- status -----
@@ -666,10 +681,12 @@ impl Mesh {
         }
     }
 
+    fn at_conn_limit(&self) -> bool {
+        self.config.conn_limit != 0 && self.conns.len() >= self.config.conn_limit
+    }
+
     fn dial_due_targets(&mut self) {
-        let limit_reached =
-            self.config.conn_limit != 0 && self.conns.len() >= self.config.conn_limit;
-        for target in self.targets.due(self.now, !limit_reached) {
+        for target in self.targets.due(self.now, !self.at_conn_limit()) {
             self.actions.push_back(Action::Dial { target });
         }
     }
@@ -698,15 +715,15 @@ impl Mesh {
         self.stats.connections_terminated += 1;
         let random = self.rng.next_u64();
         let peer = conn.remote.as_ref().map(|r| r.name);
-        if let Some(remote) = &conn.remote {
-            if self.by_peer.get(&remote.name) == Some(&conn_id) {
-                self.by_peer.remove(&remote.name);
-                self.topology.set_local_connection(remote.name, None);
-                self.schedule_flush();
-                let lived = self.now.saturating_duration_since(remote.ready_at);
-                self.targets
-                    .peer_down(remote.name, &reason, lived, self.now, random);
-            }
+        if let Some(remote) = &conn.remote
+            && self.by_peer.get(&remote.name) == Some(&conn_id)
+        {
+            self.by_peer.remove(&remote.name);
+            self.topology.set_local_connection(remote.name, None);
+            self.schedule_flush();
+            let lived = self.now.saturating_duration_since(remote.ready_at);
+            self.targets
+                .peer_down(remote.name, &reason, lived, self.now, random);
         }
         if let Some(target) = &conn.target {
             let satisfied = peer.is_some_and(|p| self.by_peer.contains_key(&p));
@@ -994,10 +1011,10 @@ impl Mesh {
             .to_vec();
         let message = Message::TopologyBroadcast { origin, delta };
         for hop in hops {
-            if Some(hop) != from {
-                if let Some(&conn) = self.by_peer.get(&hop) {
-                    self.send(conn, &message);
-                }
+            if Some(hop) != from
+                && let Some(&conn) = self.by_peer.get(&hop)
+            {
+                self.send(conn, &message);
             }
         }
     }
@@ -1046,14 +1063,6 @@ impl Mesh {
             if self.recalc_at.is_none() {
                 self.recalc_at = Some(self.now + self.config.recalc_delay);
             }
-        }
-        if self
-            .unreachable_since
-            .values()
-            .any(|since| *since + self.config.gc_grace <= self.now)
-            && self.recalc_at.is_none()
-        {
-            self.recalc_at = Some(self.now);
         }
     }
 
@@ -1255,10 +1264,10 @@ impl Mesh {
             body,
         };
         for hop in hops {
-            if Some(hop) != except {
-                if let Some(&conn) = self.by_peer.get(&hop) {
-                    self.send(conn, &message);
-                }
+            if Some(hop) != except
+                && let Some(&conn) = self.by_peer.get(&hop)
+            {
+                self.send(conn, &message);
             }
         }
     }

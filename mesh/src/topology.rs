@@ -568,7 +568,7 @@ mod tests {
     fn info(port: u16, established: bool) -> ConnectionInfo {
         ConnectionInfo {
             addr: Some(SocketAddr::from(([192, 0, 2, 1], port))),
-            outbound: port % 2 == 0,
+            outbound: port.is_multiple_of(2),
             established,
         }
     }

@@ -1,0 +1,289 @@
+//! Deterministic simulations of the mesh: real state machines on a virtual clock.
+//! A failing run prints its seed; `SIM_SEED=<seed>` replays it.
+
+mod sim;
+
+use std::time::Duration;
+
+use sim::{HostSpec, Sim};
+use weave_mesh::RouteKind;
+
+/// Runs `scenario` with a seed, printing the seed if it fails.
+fn with_seed(default: u64, scenario: impl FnOnce(&mut Sim)) {
+    let seed = Sim::seed_from_env(default);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut sim = Sim::new(seed);
+        scenario(&mut sim);
+    }));
+    if let Err(panic) = result {
+        eprintln!("simulation failed; replay with SIM_SEED={seed}");
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Runs until all running hosts form one connected mesh and every view matches it.
+fn converge(sim: &mut Sim, limit: Duration) -> Duration {
+    let took = sim.run_until_true(limit, Duration::from_millis(100), |s| {
+        s.connection_components().len() == 1 && s.check_converged().is_ok()
+    });
+    match took {
+        Some(took) => took,
+        None => panic!(
+            "no convergence within {limit:?}: {} components; {:?}",
+            sim.connection_components().len(),
+            sim.check_converged()
+        ),
+    }
+}
+
+#[test]
+fn three_hosts_in_a_line_learn_each_other_through_the_middle() {
+    with_seed(1, |sim| {
+        let b = sim.add_host(HostSpec::default());
+        let a = sim.add_host(HostSpec {
+            peers: vec![b],
+            ..HostSpec::default()
+        });
+        let c = sim.add_host(HostSpec {
+            peers: vec![b],
+            ..HostSpec::default()
+        });
+        sim.restrict_underlay(&[(a, b), (b, c)]);
+        for h in [a, b, c] {
+            sim.start(h);
+        }
+        converge(sim, Duration::from_secs(30));
+        assert_eq!(sim.mesh(a).live_peers().len(), 3);
+        sim.check_routes(RouteKind::Data).unwrap();
+        let c_name = sim.name_of(c);
+        let b_name = sim.name_of(b);
+        assert_eq!(
+            sim.mesh_mut(a).next_hop(RouteKind::Data, c_name),
+            Some(b_name)
+        );
+        // A tries to reach C directly (discovery) and keeps failing without harm.
+        sim.run_for(Duration::from_secs(60));
+        sim.check_converged().unwrap();
+        assert!(
+            sim.mesh(a)
+                .connection_status()
+                .iter()
+                .any(|c| c.error.is_some()),
+            "A tried C and failed"
+        );
+    });
+}
+
+#[test]
+fn three_hosts_form_a_full_mesh_through_one_seed_with_a_password() {
+    with_seed(2, |sim| {
+        let psk = Some([7u8; 32]);
+        let seed_host = sim.add_host(HostSpec {
+            password: psk,
+            ..HostSpec::default()
+        });
+        let b = sim.add_host(HostSpec {
+            peers: vec![seed_host],
+            password: psk,
+            ..HostSpec::default()
+        });
+        let c = sim.add_host(HostSpec {
+            peers: vec![seed_host],
+            password: psk,
+            ..HostSpec::default()
+        });
+        for h in [seed_host, b, c] {
+            sim.start(h);
+        }
+        converge(sim, Duration::from_secs(30));
+        // Discovery: b and c connect to each other although neither named the other.
+        sim.run_for(Duration::from_secs(5));
+        assert_eq!(sim.degrees(), vec![2, 2, 2]);
+        converge(sim, Duration::from_secs(10));
+        sim.check_routes(RouteKind::Data).unwrap();
+    });
+}
+
+#[test]
+fn wrong_password_cannot_join() {
+    with_seed(3, |sim| {
+        let a = sim.add_host(HostSpec {
+            password: Some([1; 32]),
+            ..HostSpec::default()
+        });
+        let b = sim.add_host(HostSpec {
+            peers: vec![a],
+            password: Some([2; 32]),
+            ..HostSpec::default()
+        });
+        sim.start(a);
+        sim.start(b);
+        sim.run_for(Duration::from_secs(20));
+        assert_eq!(sim.mesh(a).live_peers().len(), 1);
+        assert_eq!(sim.mesh(b).live_peers().len(), 1);
+        let status = sim.mesh(b).connection_status();
+        let error = status[0].error.clone().unwrap_or_default();
+        assert!(error.contains("password"), "b's status says why: {error:?}");
+    });
+}
+
+#[test]
+fn no_discovery_keeps_to_the_named_peers() {
+    with_seed(4, |sim| {
+        let hub = sim.add_host(HostSpec::default());
+        let no_discovery = || -> Option<Box<dyn Fn(&mut weave_mesh::MeshConfig)>> {
+            Some(Box::new(|c| c.discovery = false))
+        };
+        let b = sim.add_host(HostSpec {
+            peers: vec![hub],
+            configure: no_discovery(),
+            ..HostSpec::default()
+        });
+        let c = sim.add_host(HostSpec {
+            peers: vec![hub],
+            configure: no_discovery(),
+            ..HostSpec::default()
+        });
+        for h in [hub, b, c] {
+            sim.start(h);
+        }
+        converge(sim, Duration::from_secs(30));
+        sim.run_for(Duration::from_secs(30));
+        assert_eq!(
+            sim.degrees(),
+            vec![2, 1, 1],
+            "b and c never dial each other"
+        );
+        assert_eq!(
+            sim.mesh(b).live_peers().len(),
+            3,
+            "yet they know each other"
+        );
+    });
+}
+
+#[test]
+fn stopped_host_is_dropped_and_rejoins_when_restarted() {
+    with_seed(5, |sim| {
+        let hosts: Vec<_> = (0..4)
+            .map(|i| {
+                sim.add_host(HostSpec {
+                    peers: if i == 0 { vec![] } else { vec![0] },
+                    ..HostSpec::default()
+                })
+            })
+            .collect();
+        for &h in &hosts {
+            sim.start(h);
+        }
+        converge(sim, Duration::from_secs(30));
+        sim.stop(3);
+        let gone = sim.run_until_true(Duration::from_secs(30), Duration::from_millis(100), |s| {
+            (0..3).all(|h| s.mesh(h).live_peers().len() == 3) && s.check_converged().is_ok()
+        });
+        assert!(
+            gone.is_some(),
+            "stopped host dropped: {:?}",
+            sim.check_converged()
+        );
+        sim.start(3);
+        converge(sim, Duration::from_secs(30));
+        assert!((0..4).all(|h| sim.mesh(h).live_peers().len() == 4));
+        // A crash (no FIN) is noticed by heartbeat timeouts.
+        sim.crash(2);
+        let gone = sim.run_until_true(Duration::from_secs(120), Duration::from_millis(500), |s| {
+            [0, 1, 3].iter().all(|h| s.mesh(*h).live_peers().len() == 3)
+        });
+        assert!(gone.is_some(), "crashed host dropped");
+        sim.start(2);
+        converge(sim, Duration::from_secs(60));
+        sim.check_routes(RouteKind::Data).unwrap();
+    });
+}
+
+/// A random connected graph on `n` hosts: a random tree (each host hangs off a random
+/// earlier one, which it names as its peer) plus `extra` random edges. Returns the
+/// edges and each host's named peer.
+fn random_underlay(n: usize, extra: usize, seed: u64) -> (Vec<(usize, usize)>, Vec<Vec<usize>>) {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move |bound: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % bound as u64) as usize
+    };
+    let mut edges = Vec::new();
+    let mut named = vec![Vec::new(); n];
+    for i in 1..n {
+        let parent = next(i);
+        edges.push((parent, i));
+        named[i].push(parent);
+    }
+    for _ in 0..extra {
+        let (a, b) = (next(n), next(n));
+        if a != b {
+            edges.push((a, b));
+        }
+    }
+    (edges, named)
+}
+
+#[test]
+fn fifty_hosts_random_graph_with_partitions_that_heal() {
+    for default_seed in [10, 11, 12] {
+        with_seed(default_seed, |sim| {
+            let n = 50;
+            let (edges, named) = random_underlay(n, n, sim.seed);
+            for peers in named {
+                sim.add_host(HostSpec {
+                    peers,
+                    ..HostSpec::default()
+                });
+            }
+            sim.restrict_underlay(&edges);
+            sim.link.jitter = Duration::from_millis(2);
+            sim.link.loss = 0.01;
+            for h in 0..n {
+                sim.start(h);
+            }
+            let formed = converge(sim, Duration::from_secs(120));
+            eprintln!(
+                "seed {}: formed in {formed:?}, degrees {:?}",
+                sim.seed,
+                sim.degrees()
+            );
+            sim.check_routes(RouteKind::Data).unwrap();
+            sim.check_routes(RouteKind::Gossip).unwrap();
+
+            // Split in two; each side converges on its own.
+            let left: Vec<_> = (0..n / 2).collect();
+            let right: Vec<_> = (n / 2..n).collect();
+            sim.partition(&left, &right);
+            let split =
+                sim.run_until_true(Duration::from_secs(180), Duration::from_millis(500), |s| {
+                    s.connection_components().len() >= 2 && s.check_converged().is_ok()
+                });
+            assert!(
+                split.is_some(),
+                "sides converge apart: {:?}",
+                sim.check_converged()
+            );
+            sim.heal();
+            let healed =
+                sim.run_until_true(Duration::from_secs(900), Duration::from_millis(500), |s| {
+                    s.connection_components().len() == 1 && s.check_converged().is_ok()
+                });
+            assert!(
+                healed.is_some(),
+                "heals into one: components {} {:?}",
+                sim.connection_components().len(),
+                sim.check_converged()
+            );
+            eprintln!(
+                "seed {}: split in {split:?}, healed in {healed:?}",
+                sim.seed
+            );
+            sim.check_routes(RouteKind::Data).unwrap();
+        });
+    }
+}

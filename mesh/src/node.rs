@@ -204,6 +204,9 @@ pub struct Mesh {
     /// Peers reachable in the topology, ourselves included: what applications see.
     live: BTreeMap<PeerName, PeerSummary>,
     unreachable_since: BTreeMap<PeerName, Instant>,
+    /// Records we removed as unreachable, remembered for a while (see
+    /// [`Mesh::without_forgotten`]).
+    forgotten: BTreeMap<PeerName, (Incarnation, u64, Instant)>,
     rng: ChaCha8Rng,
     transmits: VecDeque<(ConnId, Vec<u8>)>,
     actions: VecDeque<Action>,
@@ -244,6 +247,7 @@ impl Mesh {
             channels: BTreeMap::new(),
             live,
             unreachable_since: BTreeMap::new(),
+            forgotten: BTreeMap::new(),
             rng,
             transmits: VecDeque::new(),
             actions: VecDeque::new(),
@@ -798,7 +802,20 @@ impl Mesh {
             Message::Close { reason } => {
                 self.forget_conn(conn_id, format!("peer closed: {reason}"))
             }
+            Message::TopologyDigestHash { hash } => {
+                if hash != self.topology.digest_hash() {
+                    let digest = self.topology.digest();
+                    self.send(
+                        conn_id,
+                        &Message::TopologyDigest {
+                            digest,
+                            reply: true,
+                        },
+                    );
+                }
+            }
             Message::TopologyBroadcast { origin, delta } => {
+                let delta = self.without_forgotten(delta);
                 let novel = self.topology.merge(&delta);
                 self.after_topology_merge();
                 if !novel.is_empty() {
@@ -806,7 +823,7 @@ impl Mesh {
                 }
             }
             Message::TopologyDigest { digest, reply } => {
-                let missing = self.topology.missing(&digest);
+                let missing = self.topology.missing(&digest, &self.unreachable());
                 if !missing.is_empty() {
                     self.send(conn_id, &Message::TopologyRepair { delta: missing });
                 }
@@ -821,7 +838,7 @@ impl Mesh {
                     );
                 }
             }
-            Message::TopologyRepair { delta } => self.merge_topology_repair(&delta, from),
+            Message::TopologyRepair { delta } => self.merge_topology_repair(delta, from),
             Message::TopologyAnnounce(Announce { records }) => {
                 let wanted = self.topology.wants(&records);
                 if !wanted.is_empty() {
@@ -829,7 +846,7 @@ impl Mesh {
                 }
             }
             Message::TopologyPull { records } => {
-                let delta = self.topology.pull(&records);
+                let delta = self.topology.pull(&records, &self.unreachable());
                 if !delta.is_empty() {
                     self.send(conn_id, &Message::TopologyRepair { delta });
                 }
@@ -1019,8 +1036,9 @@ impl Mesh {
         }
     }
 
-    fn merge_topology_repair(&mut self, delta: &TopologyDelta, from: PeerName) {
-        let novel = self.topology.merge(delta);
+    fn merge_topology_repair(&mut self, delta: TopologyDelta, from: PeerName) {
+        let delta = self.without_forgotten(delta);
+        let novel = self.topology.merge(&delta);
         self.after_topology_merge();
         if novel.is_empty() {
             return;
@@ -1084,8 +1102,19 @@ impl Mesh {
             .filter(|(_, since)| **since + self.config.gc_grace > now)
             .map(|(name, _)| *name)
             .collect();
+        let forgetting: Vec<(PeerName, Incarnation, u64)> = self
+            .topology
+            .records()
+            .filter(|r| !reachable.contains(&r.name) && !keep.contains(&r.name))
+            .map(|r| (r.name, r.incarnation, r.watermark))
+            .collect();
         for gone in self.topology.remove_unreachable(&keep) {
             self.unreachable_since.remove(&gone);
+        }
+        self.forgotten
+            .retain(|_, (_, _, at)| now.saturating_duration_since(*at) < FORGOTTEN_MEMORY);
+        for (name, incarnation, watermark) in forgetting {
+            self.forgotten.insert(name, (incarnation, watermark, now));
         }
         let live: BTreeMap<PeerName, PeerSummary> = self
             .topology
@@ -1146,6 +1175,26 @@ impl Mesh {
         addresses
     }
 
+    /// Peers in the topology we can no longer reach (their records wait for removal).
+    fn unreachable(&self) -> BTreeSet<PeerName> {
+        self.unreachable_since.keys().copied().collect()
+    }
+
+    /// Drops records we removed as unreachable if they come back unchanged (relayed by
+    /// a peer that has not removed them yet): only news about them is news.
+    fn without_forgotten(&self, mut delta: TopologyDelta) -> TopologyDelta {
+        if !self.forgotten.is_empty() {
+            delta.records.retain(|r| match self.forgotten.get(&r.name) {
+                Some((incarnation, watermark, _)) => {
+                    r.incarnation > *incarnation
+                        || (r.incarnation == *incarnation && r.to > *watermark)
+                }
+                None => true,
+            });
+        }
+        delta
+    }
+
     /// Periodic anti-entropy with one random neighbour, on every channel.
     fn anti_entropy_round(&mut self) {
         if self.by_peer.is_empty() {
@@ -1155,14 +1204,9 @@ impl Mesh {
         let Some((_, &conn)) = self.by_peer.iter().nth(index) else {
             return;
         };
-        let digest = self.topology.digest();
-        self.send(
-            conn,
-            &Message::TopologyDigest {
-                digest,
-                reply: true,
-            },
-        );
+        // Usually nothing differs: a hash settles that in 8 bytes.
+        let hash = self.topology.digest_hash();
+        self.send(conn, &Message::TopologyDigestHash { hash });
         let digests: Vec<(String, Vec<u8>)> = self
             .channels
             .iter()
@@ -1420,6 +1464,9 @@ impl ConnState {
         }
     }
 }
+
+/// How long removed records are remembered, to refuse stale copies of them.
+const FORGOTTEN_MEMORY: Duration = Duration::from_secs(120);
 
 /// How many neighbours neighbour gossip goes to: 2·log2(peers), as Weave Mesh 0.4.
 fn fanout(peers: usize) -> usize {

@@ -286,14 +286,33 @@ impl Topology {
     }
 
     /// What a neighbour with `digest` lacks of what we know.
-    pub fn missing(&self, digest: &TopologyDigest) -> TopologyDelta {
+    /// A cheap summary of [`Self::digest`]: equal hashes mean nothing to exchange.
+    pub fn digest_hash(&self) -> u64 {
+        let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+        for record in self.records.values() {
+            for word in [
+                record.name.as_u64(),
+                record.incarnation.generation,
+                record.incarnation.uid,
+                record.watermark,
+            ] {
+                hash ^= word;
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
+            }
+        }
+        hash
+    }
+
+    /// What a neighbour with `digest` lacks of what we know, leaving out the records
+    /// in `skip` (peers we can no longer reach: we must not spread stale records).
+    pub fn missing(&self, digest: &TopologyDigest, skip: &BTreeSet<PeerName>) -> TopologyDelta {
         let theirs: BTreeMap<PeerName, (Incarnation, u64)> = digest
             .records
             .iter()
             .map(|(name, inc, watermark)| (*name, (*inc, *watermark)))
             .collect();
         let mut out = TopologyDelta::default();
-        for record in self.records.values() {
+        for record in self.records.values().filter(|r| !skip.contains(&r.name)) {
             match theirs.get(&record.name) {
                 None => out.records.push(record.snapshot()),
                 Some((inc, _)) if *inc < record.incarnation => out.records.push(record.snapshot()),
@@ -335,9 +354,14 @@ impl Topology {
     }
 
     /// Answers a pull request: for each record asked for, what lies above the watermark.
-    pub fn pull(&self, wanted: &[(PeerName, Incarnation, u64)]) -> TopologyDelta {
+    pub fn pull(
+        &self,
+        wanted: &[(PeerName, Incarnation, u64)],
+        skip: &BTreeSet<PeerName>,
+    ) -> TopologyDelta {
         let records = wanted
             .iter()
+            .filter(|(name, _, _)| !skip.contains(name))
             .filter_map(|&(name, incarnation, watermark)| {
                 let record = self.records.get(&name)?;
                 if record.incarnation > incarnation || watermark == 0 {
@@ -643,7 +667,7 @@ mod tests {
         a.set_local_connection(name(10), None);
         a.set_local_connection(name(30), Some(info(30, false)));
         let _lost = a.take_local_delta();
-        let missing = a.missing(&b.digest());
+        let missing = a.missing(&b.digest(), &BTreeSet::new());
         let about_a = missing.records.iter().find(|r| r.name == name(1)).unwrap();
         assert_eq!(
             about_a.entries.len(),
@@ -653,7 +677,7 @@ mod tests {
         b.merge(&missing);
         assert_eq!(view(&b, name(1)), view(&a, name(1)));
         assert!(
-            a.missing(&b.digest())
+            a.missing(&b.digest(), &BTreeSet::new())
                 .records
                 .iter()
                 .all(|r| r.name != name(1))
@@ -815,7 +839,7 @@ mod tests {
                 }
                 Op::Snapshot => published.push(bystander.complete()),
                 Op::AntiEntropy { owner } => {
-                    let delta = owners[owner].missing(&bystander.digest());
+                    let delta = owners[owner].missing(&bystander.digest(), &BTreeSet::new());
                     bystander.merge(&delta);
                     published.push(delta);
                 }
@@ -824,7 +848,7 @@ mod tests {
         // Finally every owner answers an anti-entropy request from an empty replica, so
         // whatever was lost is repaired.
         for owner in &owners {
-            published.push(owner.missing(&topo(99).digest()));
+            published.push(owner.missing(&topo(99).digest(), &BTreeSet::new()));
         }
         (owners, published)
     }

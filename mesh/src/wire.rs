@@ -73,6 +73,11 @@ pub enum Message {
         digest: TopologyDigest,
         reply: bool,
     },
+    /// Periodic anti-entropy starts with a hash of the digest; only a receiver whose own
+    /// hash differs answers, with its full digest.
+    TopologyDigestHash {
+        hash: u64,
+    },
     TopologyRepair {
         delta: TopologyDelta,
     },

@@ -348,7 +348,9 @@ impl Ipam {
         self.ring.as_ref().map(Ring::seeds)
     }
 
-    /// Every range of the ring as `(first address, size, owner, version)`.
+    /// Every range of the ring as `(first address, size, owner, version)`. Owner
+    /// `00:00:00:00:00:00` with version 0 marks a range whose owner we have not learned
+    /// yet (only its start, see [`RingEntry::BOUNDARY`]).
     pub fn ring_ranges(&self) -> Vec<(Ipv4Addr, u64, PeerName, u64)> {
         self.ring.as_ref().map_or_else(Vec::new, |ring| {
             ring.ranges()

@@ -37,6 +37,19 @@ pub struct RingEntry {
 }
 
 impl RingEntry {
+    /// A token whose owner the message does not say: the bottom of the per-token register
+    /// (every real entry has version 1 or more), owned by nobody. A receiver that did not
+    /// know the token learns only that a range ends there.
+    pub const BOUNDARY: Self = Self {
+        owner: PeerName::from_u64(0),
+        version: 0,
+    };
+
+    /// Whether this is a boundary marker (owner not known here yet).
+    pub fn is_boundary(&self) -> bool {
+        *self == Self::BOUNDARY
+    }
+
     /// The total order of the per-token register: version first, owner name breaks ties.
     fn key(&self) -> (u64, PeerName) {
         (self.version, self.owner)
@@ -166,16 +179,17 @@ impl Ring {
         out
     }
 
-    /// Addresses held by each owner.
+    /// Addresses held by each owner (ranges behind a boundary marker, whose owner we do
+    /// not know yet, are left out).
     pub(crate) fn totals(&self) -> BTreeMap<PeerName, u64> {
         let mut out = BTreeMap::new();
-        for (start, end, entry) in self.ranges() {
+        for (start, end, entry) in self.ranges().filter(|r| !r.2.is_boundary()) {
             *out.entry(entry.owner).or_insert(0) += end - start;
         }
         out
     }
 
-    /// Owners of any address in `[lo, hi)`.
+    /// Owners of any address in `[lo, hi)` (known owners only).
     pub(crate) fn owners_in(&self, lo: u64, hi: u64) -> BTreeMap<PeerName, u64> {
         let mut out = BTreeMap::new();
         let first = u32::try_from(lo)
@@ -191,7 +205,7 @@ impl Ring {
                 .peek()
                 .map_or(self.range.end(), |(next, _)| u64::from(**next));
             let overlap = end.min(hi).saturating_sub(u64::from(token).max(lo));
-            if overlap > 0 {
+            if overlap > 0 && !entry.is_boundary() {
                 *out.entry(entry.owner).or_insert(0) += overlap;
             }
         }
@@ -305,18 +319,24 @@ impl Ring {
         changed
     }
 
-    /// The entries at `tokens` plus, for each, its successor token: what a message must
-    /// carry so that no receiver over-estimates a range (see the module docs).
+    /// The entries at `tokens` plus, for each, its successor token as a boundary
+    /// marker: what a message must carry so that no receiver over-estimates a range (see
+    /// the module docs). The successor travels as [`RingEntry::BOUNDARY`], not as its real
+    /// entry: a real entry would itself need its successor, and so on to the end of the
+    /// ring (a receiver that learned "X owns t" from a successor without t's own end
+    /// would believe X owns everything up to the next token it happens to know).
     pub(crate) fn with_successors(&self, tokens: &[u32]) -> Vec<(u32, RingEntry)> {
         let mut out: BTreeMap<u32, RingEntry> = BTreeMap::new();
         for &token in tokens {
             if let Some(&entry) = self.entries.get(&token) {
                 out.insert(token, entry);
             }
+        }
+        for &token in tokens {
             if let Some(next) = token.checked_add(1)
-                && let Some((&t, &e)) = self.entries.range(next..).next()
+                && let Some((&t, _)) = self.entries.range(next..).next()
             {
-                out.insert(t, e);
+                out.entry(t).or_insert(RingEntry::BOUNDARY);
             }
         }
         out.into_iter().collect()
@@ -466,8 +486,11 @@ pub(crate) mod tests {
         );
         let delta = ring.with_successors(&[base]);
         assert_eq!(
-            delta.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-            vec![base, base + 128]
+            delta,
+            vec![
+                (base, ring.entries()[&base]),
+                (base + 128, RingEntry::BOUNDARY)
+            ]
         );
     }
 
@@ -525,6 +548,73 @@ pub(crate) mod tests {
         let mut out = a.clone();
         out.merge_entries(&b.all_entries(), &mut Vec::new());
         out
+    }
+
+    /// Peers give parts of what they own (in their own view) to others and gossip only
+    /// the changed entries with successors; messages are delivered late, twice, in any
+    /// order, and relayed. At no point may two peers both believe they own an address.
+    fn deltas_never_make_two_owners(ops: &[(u8, u16, u8, u8, u16)]) -> Result<(), TestCaseError> {
+        let n = 4;
+        let seeds: Vec<PeerName> = (1..=n).map(name).collect();
+        let base = Ring::new(range(), &seeds);
+        let mut views: Vec<Ring> = vec![base; n as usize];
+        let mut pool: Vec<Vec<(u32, RingEntry)>> = Vec::new();
+        for &(who, offset, len, to, pick) in ops {
+            let who = usize::from(who) % n as usize;
+            if pick % 3 == 0 || pool.is_empty() {
+                // A donation by `who` from a range it owns in its view.
+                let me = seeds[who];
+                // Blocks on a 16-address grid, so they often end where another began.
+                let start = range().start() + u32::from(offset % 16) * 16;
+                let end = (u64::from(start) + (u64::from(len % 4) + 1) * 16).min(range().end());
+                let to = seeds[usize::from(to) % n as usize];
+                let view = &mut views[who];
+                if to != me
+                    && view
+                        .owners_in(u64::from(start), end)
+                        .keys()
+                        .all(|&o| o == me)
+                    && let Some(changed) = view.assign(start, end, to, me)
+                {
+                    pool.push(view.with_successors(&changed));
+                }
+            } else {
+                // Deliver (and keep, so it can arrive again) a random message; relay
+                // what was new, as merge_received does.
+                let msg = pool[usize::from(pick) % pool.len()].clone();
+                let changed = views[who].merge_entries(&msg, &mut Vec::new());
+                if !changed.is_empty() {
+                    pool.push(views[who].with_successors(&changed));
+                }
+            }
+            let mut owned: Vec<(u64, u64, usize)> = Vec::new();
+            for (i, view) in views.iter().enumerate() {
+                for (s, e) in view.ranges_of(seeds[i]) {
+                    owned.push((s, e, i));
+                }
+            }
+            owned.sort_unstable();
+            for w in owned.windows(2) {
+                prop_assert!(
+                    w[0].1 <= w[1].0,
+                    "{:?} owned by {} and {}",
+                    std::net::Ipv4Addr::from(w[1].0 as u32),
+                    w[0].2,
+                    w[1].2
+                );
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn delta_gossip_never_makes_two_owners(
+            ops in prop::collection::vec(any::<(u8, u16, u8, u8, u16)>(), 0..80)
+        ) {
+            deltas_never_make_two_owners(&ops)?;
+        }
     }
 
     proptest! {

@@ -54,6 +54,12 @@ impl DaemonHandle {
         rx.await.map_err(|_| Gone)
     }
 
+    /// Resolves once the daemon no longer takes requests (its loop dropped the
+    /// receiver): the API's cue to shut down.
+    pub async fn closed(&self) {
+        self.tx.closed().await;
+    }
+
     pub async fn stop(&self, reset: bool) -> Result<(), Gone> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Request::Stop { reset, reply }).await.map_err(|_| Gone)?;

@@ -1,0 +1,207 @@
+//! Prometheus metrics, rendered per scrape from a [`Report`] snapshot: names and labels as
+//! in Weave Net (`weave_connections{state}`, `weave_connection_terminations_total`), plus
+//! the peer count and control-plane byte counters.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::report::Report;
+
+/// The Content-Type of [`render`]'s output.
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Every connection state gets a sample, zero when empty, so a dashboard's series do not
+/// vanish when a state empties (Weave does the same).
+const CONNECTION_STATES: [&str; 5] = ["established", "pending", "retrying", "failed", "connecting"];
+
+type ConnectionLabels = [(&'static str, String); 3];
+
+/// The OpenMetrics text of `report`.
+pub(crate) fn render(report: &Report) -> String {
+    let router = &report.router;
+    let mut registry = Registry::default();
+
+    let connections = Family::<ConnectionLabels, Gauge>::default();
+    for state in CONNECTION_STATES {
+        if !router.connections.iter().any(|c| c.state == state) {
+            connections.get_or_create(&labels(state, "", "")).set(0);
+        }
+    }
+    for conn in &router.connections {
+        // The overlay ("sleeve", later "fastdp") once the data plane reports one.
+        let kind = conn
+            .attrs
+            .iter()
+            .find(|(k, _)| k == "name")
+            .map_or("", |(_, v)| v.as_str());
+        let encryption = if conn.encrypted { "yes" } else { "no" };
+        connections
+            .get_or_create(&labels(&conn.state, kind, encryption))
+            .inc();
+    }
+    registry.register(
+        "weave_connections",
+        "Number of peer-to-peer connections.",
+        connections,
+    );
+
+    let peers = Gauge::<i64>::default();
+    peers.set(i64::try_from(router.peers.len()).unwrap_or(i64::MAX));
+    registry.register(
+        "weave_peers",
+        "Number of peers in the topology, us included.",
+        peers,
+    );
+
+    let targets = Gauge::<i64>::default();
+    targets.set(i64::try_from(router.targets.len()).unwrap_or(i64::MAX));
+    registry.register(
+        "weave_targets",
+        "Number of peers we were asked to connect to.",
+        targets,
+    );
+
+    let stats = &router.stats;
+    for (name, help, value) in [
+        (
+            "weave_connection_terminations",
+            "Number of peer-to-peer connections terminated.",
+            stats.connection_terminations,
+        ),
+        (
+            "weave_control_bytes_sent",
+            "Bytes sent on control connections.",
+            stats.control_bytes_sent,
+        ),
+        (
+            "weave_control_bytes_received",
+            "Bytes received on control connections.",
+            stats.control_bytes_received,
+        ),
+        (
+            "weave_gossip_rejected",
+            "Gossip messages rejected as malformed or conflicting.",
+            stats.gossip_rejected,
+        ),
+    ] {
+        // A fresh counter set to the daemon's running total; the encoder adds `_total`.
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value);
+        registry.register(name, help, counter);
+    }
+
+    let mut out = String::new();
+    encode(&mut out, &registry).expect("encoding into a String cannot fail");
+    out
+}
+
+fn labels(state: &str, kind: &str, encryption: &str) -> ConnectionLabels {
+    [
+        ("state", state.to_owned()),
+        ("type", kind.to_owned()),
+        ("encryption", encryption.to_owned()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{ConnectionReport, PeerReport, RouterReport, RouterStats};
+
+    fn conn(state: &str, encrypted: bool, overlay: Option<&str>) -> ConnectionReport {
+        ConnectionReport {
+            address: "192.0.2.2:6783".to_owned(),
+            outbound: true,
+            state: state.to_owned(),
+            encrypted,
+            attrs: overlay
+                .map(|o| ("name".to_owned(), o.to_owned()))
+                .into_iter()
+                .collect(),
+            ..ConnectionReport::default()
+        }
+    }
+
+    /// The sample lines (not comments), sorted: the family's order is a hash map's.
+    fn samples(text: &str) -> Vec<&str> {
+        let mut lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        lines.sort_unstable();
+        lines
+    }
+
+    #[test]
+    fn renders_connections_peers_and_counters() {
+        let report = Report {
+            version: "0.1.0".to_owned(),
+            router: RouterReport {
+                targets: vec!["192.0.2.2".to_owned()],
+                connections: vec![
+                    conn("established", true, Some("sleeve")),
+                    conn("established", true, Some("sleeve")),
+                    conn("established", false, None),
+                    conn("failed", false, None),
+                ],
+                peers: vec![
+                    PeerReport::default(),
+                    PeerReport::default(),
+                    PeerReport::default(),
+                ],
+                stats: RouterStats {
+                    control_bytes_sent: 1234,
+                    control_bytes_received: 5678,
+                    gossip_rejected: 2,
+                    connection_terminations: 7,
+                },
+                ..RouterReport::default()
+            },
+            ..Report::default()
+        };
+        let text = render(&report);
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("# TYPE weave_connections gauge\n"), "{text}");
+        assert!(
+            text.contains("# TYPE weave_connection_terminations counter\n"),
+            "{text}"
+        );
+        assert_eq!(
+            samples(&text),
+            [
+                "weave_connection_terminations_total 7",
+                r#"weave_connections{state="connecting",type="",encryption=""} 0"#,
+                r#"weave_connections{state="established",type="",encryption="no"} 1"#,
+                r#"weave_connections{state="established",type="sleeve",encryption="yes"} 2"#,
+                r#"weave_connections{state="failed",type="",encryption="no"} 1"#,
+                r#"weave_connections{state="pending",type="",encryption=""} 0"#,
+                r#"weave_connections{state="retrying",type="",encryption=""} 0"#,
+                "weave_control_bytes_received_total 5678",
+                "weave_control_bytes_sent_total 1234",
+                "weave_gossip_rejected_total 2",
+                "weave_peers 3",
+                "weave_targets 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_report_still_has_every_series() {
+        let text = render(&Report::default());
+        let names: Vec<&str> = samples(&text)
+            .into_iter()
+            .map(|l| l.split(['{', ' ']).next().expect("split yields one part"))
+            .collect();
+        assert_eq!(
+            names.iter().filter(|n| **n == "weave_connections").count(),
+            5
+        );
+        for name in [
+            "weave_peers",
+            "weave_targets",
+            "weave_connection_terminations_total",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {text}");
+        }
+    }
+}

@@ -22,6 +22,7 @@ type ConnectionLabels = [(&'static str, String); 3];
 /// The OpenMetrics text of `report`.
 pub(crate) fn render(report: &Report) -> String {
     let router = &report.router;
+    // Help texts carry no final period: the encoder adds one.
     let mut registry = Registry::default();
 
     let connections = Family::<ConnectionLabels, Gauge>::default();
@@ -44,7 +45,7 @@ pub(crate) fn render(report: &Report) -> String {
     }
     registry.register(
         "weave_connections",
-        "Number of peer-to-peer connections.",
+        "Number of peer-to-peer connections",
         connections,
     );
 
@@ -52,7 +53,7 @@ pub(crate) fn render(report: &Report) -> String {
     peers.set(i64::try_from(router.peers.len()).unwrap_or(i64::MAX));
     registry.register(
         "weave_peers",
-        "Number of peers in the topology, us included.",
+        "Number of peers in the topology, us included",
         peers,
     );
 
@@ -60,7 +61,7 @@ pub(crate) fn render(report: &Report) -> String {
     targets.set(i64::try_from(router.targets.len()).unwrap_or(i64::MAX));
     registry.register(
         "weave_targets",
-        "Number of peers we were asked to connect to.",
+        "Number of peers we were asked to connect to",
         targets,
     );
 
@@ -68,22 +69,22 @@ pub(crate) fn render(report: &Report) -> String {
     for (name, help, value) in [
         (
             "weave_connection_terminations",
-            "Number of peer-to-peer connections terminated.",
+            "Number of peer-to-peer connections terminated",
             stats.connection_terminations,
         ),
         (
             "weave_control_bytes_sent",
-            "Bytes sent on control connections.",
+            "Bytes sent on control connections",
             stats.control_bytes_sent,
         ),
         (
             "weave_control_bytes_received",
-            "Bytes received on control connections.",
+            "Bytes received on control connections",
             stats.control_bytes_received,
         ),
         (
             "weave_gossip_rejected",
-            "Gossip messages rejected as malformed or conflicting.",
+            "Gossip messages rejected as malformed or conflicting",
             stats.gossip_rejected,
         ),
     ] {
@@ -164,6 +165,11 @@ mod tests {
         assert!(text.contains("# TYPE weave_connections gauge\n"), "{text}");
         assert!(
             text.contains("# TYPE weave_connection_terminations counter\n"),
+            "{text}"
+        );
+        // One period at the end of help texts, not two.
+        assert!(
+            text.contains("# HELP weave_peers Number of peers in the topology, us included.\n"),
             "{text}"
         );
         assert_eq!(

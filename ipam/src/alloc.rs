@@ -187,6 +187,8 @@ struct Pending {
 struct Sync {
     reclaim_done: bool,
     started: bool,
+    /// The ranges the current round of requests asked about.
+    asked: Vec<(u64, u64)>,
     waiting: BTreeSet<PeerName>,
     resend_at: Option<Instant>,
     deadline: Option<Instant>,
@@ -1172,33 +1174,35 @@ impl Ipam {
     fn drive_sync(&mut self, ctx: &mut GossipContext<'_>) {
         let now = ctx.now();
         let timeout = self.config.timers.sync_timeout;
-        let owned: Vec<(u32, u64)> = self
-            .owned
-            .iter()
-            .map(|&(s, e)| (u32::try_from(s).expect("owned ranges are IPv4"), e))
-            .collect();
         let local = self.local;
+        let owned = self.owned.clone();
         let Some(sync) = &mut self.sync else {
             return;
         };
         if !sync.started {
             sync.started = true;
             sync.deadline = Some(now + timeout);
-            if !owned.is_empty() {
-                sync.waiting = ctx
-                    .peers()
-                    .keys()
-                    .copied()
-                    .filter(|&p| p != local)
-                    .collect();
-                let msg = wire::encode(&Message::SyncRequest { ranges: owned });
-                for &peer in &sync.waiting {
-                    ctx.unicast(peer, msg.clone());
-                }
-                sync.resend_at = Some(now + self.config.timers.request_timeout);
-            }
         }
         sync.waiting.retain(|p| ctx.is_live(*p));
+        // Every range we now believe is ours must have been asked about: answers can
+        // hand us more of our old entries, and only a question about those ranges finds
+        // out what our old incarnation gave away from them.
+        if !difference(&owned, &sync.asked).is_empty() {
+            sync.asked = owned.clone();
+            sync.waiting = ctx
+                .peers()
+                .keys()
+                .copied()
+                .filter(|&p| p != local)
+                .collect();
+            let msg = wire::encode(&Message::SyncRequest {
+                ranges: to_ranges32(&owned),
+            });
+            for &peer in &sync.waiting {
+                ctx.unicast(peer, msg.clone());
+            }
+            sync.resend_at = Some(now + self.config.timers.request_timeout);
+        }
         let done = sync.waiting.is_empty() || sync.deadline.is_some_and(|d| now >= d);
         if sync.reclaim_done && done {
             self.sync = None;
@@ -1861,12 +1865,9 @@ impl Gossiper for Ipam {
             && sync.resend_at.is_some_and(|t| t <= now)
         {
             sync.resend_at = Some(now + self.config.timers.request_timeout);
-            let ranges: Vec<(u32, u64)> = self
-                .owned
-                .iter()
-                .map(|&(s, e)| (u32::try_from(s).expect("owned ranges are IPv4"), e))
-                .collect();
-            let msg = wire::encode(&Message::SyncRequest { ranges });
+            let msg = wire::encode(&Message::SyncRequest {
+                ranges: to_ranges32(&sync.asked),
+            });
             for &peer in &sync.waiting {
                 ctx.unicast(peer, msg.clone());
             }
@@ -1930,6 +1931,13 @@ fn sorted(seeds: &[PeerName]) -> Vec<PeerName> {
 
 fn hint_bucket(peer: PeerName) -> usize {
     (fnv1a(&peer.as_u64().to_be_bytes()) % HINT_BUCKETS as u64) as usize
+}
+
+fn to_ranges32(ranges: &[(u64, u64)]) -> Vec<(u32, u64)> {
+    ranges
+        .iter()
+        .filter_map(|&(s, e)| Some((u32::try_from(s).ok()?, e)))
+        .collect()
 }
 
 fn to_addr(a: u64) -> Ipv4Addr {

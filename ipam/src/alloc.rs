@@ -1037,7 +1037,11 @@ impl Ipam {
             if peer == self.local {
                 // An older incarnation of us advertised more recently than we did: move
                 // our counter past it so our next hint wins (Weave's repair rule).
-                if hint.seq >= self.own_seq && self.ring.is_some() {
+                // Our own current hint echoed back is not news.
+                let ours = self.hints.get(&self.local).copied();
+                let old_incarnation =
+                    hint.seq > self.own_seq || (hint.seq == self.own_seq && Some(hint) != ours);
+                if old_incarnation && self.ring.is_some() {
                     self.own_seq = hint.seq;
                     self.hint_due = Some(ctx.now());
                 }
@@ -1252,7 +1256,8 @@ impl Ipam {
             if now < deadline && ctx.is_live(donor) {
                 return;
             }
-            p.tried.insert(donor);
+            // No answer is not a "no": the request or its answer may have been lost, so
+            // the donor stays a candidate (only explicit denials exhaust the list).
             p.asked = None;
         }
         if let Some(at) = p.retry_at {

@@ -782,6 +782,7 @@ mod tests {
                     node.ipam.as_ref().unwrap().seeds().map(<[_]>::to_vec),
                     seeds
                 );
+                let ipam = node.ipam.as_ref().unwrap();
                 assert_eq!(node.containers.len(), 1, "seed {seed}");
             }
             rings_agree(&sim);
@@ -1082,6 +1083,21 @@ mod tests {
         assert_eq!(m.pending_allocations, 0);
     }
 
+    #[test]
+    fn quiet_when_nothing_changes() {
+        let mut sim = Sim::new(5, &seeded(5), 18);
+        for i in 0..5 {
+            sim.allocate(i, None);
+        }
+        sim.settle();
+        let sent = sim.sent_bytes;
+        // Anti-entropy keeps running (its answers are empty when digests agree) but no
+        // peer has anything to broadcast.
+        sim.anti_entropy_rate = 1.0;
+        sim.run(300);
+        assert_eq!(sim.sent_bytes, sent, "steady state must not gossip");
+    }
+
     /// Bytes of gossip per allocation: local allocations (space already owned) and
     /// allocations that need space from another peer. Run with `--nocapture` to see them.
     #[test]
@@ -1232,5 +1248,13 @@ mod tests {
         sim.heal();
         sim.settle();
         rings_agree(&sim);
+        // Liveness: once connected, every request was answered one way or the other.
+        for (i, node) in sim.nodes.iter().enumerate() {
+            assert!(
+                node.pending.is_empty(),
+                "seed {seed}: node {i} still waits: {:?}",
+                node.pending
+            );
+        }
     }
 }

@@ -782,7 +782,6 @@ mod tests {
                     node.ipam.as_ref().unwrap().seeds().map(<[_]>::to_vec),
                     seeds
                 );
-                let ipam = node.ipam.as_ref().unwrap();
                 assert_eq!(node.containers.len(), 1, "seed {seed}");
             }
             rings_agree(&sim);

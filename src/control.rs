@@ -9,60 +9,90 @@ use crate::report::Report;
 
 /// What the API can ask of the daemon.
 #[derive(Debug)]
-pub enum Request {
+pub(crate) enum Request {
     /// The whole state, for `weave status`, `weave report` and the metrics.
     Report(oneshot::Sender<Report>),
     /// Add peers (`host[:port]`), replacing all targets first if `replace`.
-    Connect { peers: Vec<String>, replace: bool, reply: oneshot::Sender<Result<(), String>> },
+    Connect {
+        peers: Vec<String>,
+        replace: bool,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Forget peers; their connections stay up but are not retried.
-    Forget { peers: Vec<String>, reply: oneshot::Sender<Result<(), String>> },
+    Forget {
+        peers: Vec<String>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Stop the daemon (`weave stop`); `reset` also forgets persisted state.
-    Stop { reset: bool, reply: oneshot::Sender<()> },
+    Stop {
+        reset: bool,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// The API's handle on the daemon.
 #[derive(Debug, Clone)]
-pub struct DaemonHandle {
+pub(crate) struct DaemonHandle {
     tx: mpsc::Sender<Request>,
 }
 
 /// The daemon is gone (stopping).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the daemon is shutting down")]
-pub struct Gone;
+pub(crate) struct Gone;
 
 impl DaemonHandle {
-    pub fn new(tx: mpsc::Sender<Request>) -> Self {
+    pub(crate) fn new(tx: mpsc::Sender<Request>) -> Self {
         Self { tx }
     }
 
-    pub async fn report(&self) -> Result<Report, Gone> {
+    pub(crate) async fn report(&self) -> Result<Report, Gone> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::Report(reply)).await.map_err(|_| Gone)?;
+        self.tx
+            .send(Request::Report(reply))
+            .await
+            .map_err(|_| Gone)?;
         rx.await.map_err(|_| Gone)
     }
 
-    pub async fn connect(&self, peers: Vec<String>, replace: bool) -> Result<Result<(), String>, Gone> {
+    pub(crate) async fn connect(
+        &self,
+        peers: Vec<String>,
+        replace: bool,
+    ) -> Result<Result<(), String>, Gone> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::Connect { peers, replace, reply }).await.map_err(|_| Gone)?;
+        self.tx
+            .send(Request::Connect {
+                peers,
+                replace,
+                reply,
+            })
+            .await
+            .map_err(|_| Gone)?;
         rx.await.map_err(|_| Gone)
     }
 
-    pub async fn forget(&self, peers: Vec<String>) -> Result<Result<(), String>, Gone> {
+    pub(crate) async fn forget(&self, peers: Vec<String>) -> Result<Result<(), String>, Gone> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::Forget { peers, reply }).await.map_err(|_| Gone)?;
+        self.tx
+            .send(Request::Forget { peers, reply })
+            .await
+            .map_err(|_| Gone)?;
         rx.await.map_err(|_| Gone)
     }
 
     /// Resolves once the daemon no longer takes requests (its loop dropped the
     /// receiver): the API's cue to shut down.
-    pub async fn closed(&self) {
+    pub(crate) async fn closed(&self) {
         self.tx.closed().await;
     }
 
-    pub async fn stop(&self, reset: bool) -> Result<(), Gone> {
+    pub(crate) async fn stop(&self, reset: bool) -> Result<(), Gone> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::Stop { reset, reply }).await.map_err(|_| Gone)?;
+        self.tx
+            .send(Request::Stop { reset, reply })
+            .await
+            .map_err(|_| Gone)?;
         rx.await.map_err(|_| Gone)
     }
 }

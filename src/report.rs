@@ -8,82 +8,82 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct Report {
+pub(crate) struct Report {
     /// Our software version.
-    pub version: String,
-    pub router: RouterReport,
+    pub(crate) version: String,
+    pub(crate) router: RouterReport,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct RouterReport {
+pub(crate) struct RouterReport {
     /// Always "weave".
-    pub protocol: String,
-    pub protocol_min_version: u8,
-    pub protocol_max_version: u8,
-    pub encryption: bool,
-    pub peer_discovery: bool,
+    pub(crate) protocol: String,
+    pub(crate) protocol_min_version: u8,
+    pub(crate) protocol_max_version: u8,
+    pub(crate) encryption: bool,
+    pub(crate) peer_discovery: bool,
     /// Our peer name, `aa:bb:cc:dd:ee:ff`.
-    pub name: String,
-    pub nick_name: String,
-    pub uid: u64,
+    pub(crate) name: String,
+    pub(crate) nick_name: String,
+    pub(crate) uid: u64,
     /// TCP (and later UDP) port.
-    pub port: u16,
-    pub conn_limit: usize,
+    pub(crate) port: u16,
+    pub(crate) conn_limit: usize,
     /// The peers the user asked for (`weave launch PEER`, `weave connect`).
-    pub targets: Vec<String>,
-    pub connections: Vec<ConnectionReport>,
-    pub peers: Vec<PeerReport>,
+    pub(crate) targets: Vec<String>,
+    pub(crate) connections: Vec<ConnectionReport>,
+    pub(crate) peers: Vec<PeerReport>,
     /// Name collisions seen (another live peer with our name), as sentences.
-    pub name_collisions: Vec<String>,
-    pub stats: RouterStats,
+    pub(crate) name_collisions: Vec<String>,
+    pub(crate) stats: RouterStats,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ConnectionReport {
+pub(crate) struct ConnectionReport {
     /// `host:port` as dialled, or the remote address of an inbound connection.
-    pub address: String,
-    pub outbound: bool,
+    pub(crate) address: String,
+    pub(crate) outbound: bool,
     /// "connecting", "pending", "established", "failed".
-    pub state: String,
+    pub(crate) state: String,
     /// Why it failed, for failed targets.
-    pub info: String,
+    pub(crate) info: String,
     /// Seconds until the next attempt, for failed targets that will be retried.
-    pub retry_in_secs: Option<u64>,
-    pub encrypted: bool,
+    pub(crate) retry_in_secs: Option<u64>,
+    pub(crate) encrypted: bool,
     /// The remote peer's name and nickname, once the handshake told us.
-    pub peer_name: Option<String>,
-    pub peer_nick_name: Option<String>,
+    pub(crate) peer_name: Option<String>,
+    pub(crate) peer_nick_name: Option<String>,
     /// Extra attributes shown as `key=value` (e.g. `mtu=1410` once the data plane runs).
-    pub attrs: Vec<(String, String)>,
+    pub(crate) attrs: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct PeerReport {
-    pub name: String,
-    pub nick_name: String,
-    pub uid: u64,
-    pub version: u64,
-    pub connections: Vec<PeerConnectionReport>,
+pub(crate) struct PeerReport {
+    pub(crate) name: String,
+    pub(crate) nick_name: String,
+    pub(crate) uid: u64,
+    pub(crate) version: u64,
+    pub(crate) connections: Vec<PeerConnectionReport>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct PeerConnectionReport {
-    pub name: String,
-    pub nick_name: String,
-    pub address: String,
-    pub outbound: bool,
-    pub established: bool,
+pub(crate) struct PeerConnectionReport {
+    pub(crate) name: String,
+    pub(crate) nick_name: String,
+    pub(crate) address: String,
+    pub(crate) outbound: bool,
+    pub(crate) established: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct RouterStats {
-    pub control_bytes_sent: u64,
-    pub control_bytes_received: u64,
-    pub gossip_rejected: u64,
-    pub connection_terminations: u64,
+pub(crate) struct RouterStats {
+    pub(crate) control_bytes_sent: u64,
+    pub(crate) control_bytes_received: u64,
+    pub(crate) gossip_rejected: u64,
+    pub(crate) connection_terminations: u64,
 }

@@ -319,7 +319,6 @@ mod tests {
                 ],
                 ..RouterReport::default()
             },
-            ..Report::default()
         }
     }
 

@@ -131,9 +131,8 @@ fn wrong_password_cannot_join() {
 fn no_discovery_keeps_to_the_named_peers() {
     with_seed(4, |sim| {
         let hub = sim.add_host(HostSpec::default());
-        let no_discovery = || -> Option<Box<dyn Fn(&mut weave_mesh::MeshConfig)>> {
-            Some(Box::new(|c| c.discovery = false))
-        };
+        let no_discovery =
+            || -> Option<sim::ConfigureFn> { Some(Box::new(|c| c.discovery = false)) };
         let b = sim.add_host(HostSpec {
             peers: vec![hub],
             configure: no_discovery(),
@@ -201,39 +200,12 @@ fn stopped_host_is_dropped_and_rejoins_when_restarted() {
     });
 }
 
-/// A random connected graph on `n` hosts: a random tree (each host hangs off a random
-/// earlier one, which it names as its peer) plus `extra` random edges. Returns the
-/// edges and each host's named peer.
-fn random_underlay(n: usize, extra: usize, seed: u64) -> (Vec<(usize, usize)>, Vec<Vec<usize>>) {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut next = move |bound: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % bound as u64) as usize
-    };
-    let mut edges = Vec::new();
-    let mut named = vec![Vec::new(); n];
-    for i in 1..n {
-        let parent = next(i);
-        edges.push((parent, i));
-        named[i].push(parent);
-    }
-    for _ in 0..extra {
-        let (a, b) = (next(n), next(n));
-        if a != b {
-            edges.push((a, b));
-        }
-    }
-    (edges, named)
-}
-
 #[test]
 fn fifty_hosts_random_graph_with_partitions_that_heal() {
     for default_seed in [10, 11, 12] {
         with_seed(default_seed, |sim| {
             let n = 50;
-            let (edges, named) = random_underlay(n, n, sim.seed);
+            let (edges, named) = sim::random_underlay(n, n, sim.seed);
             for peers in named {
                 sim.add_host(HostSpec {
                     peers,

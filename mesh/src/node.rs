@@ -639,7 +639,7 @@ impl Mesh {
                 state,
                 error: target.last_error.clone(),
                 retry_at,
-                encrypted: self.config.session.psk.is_some(),
+                encrypted: false,
                 peer: None,
                 software: None,
             });

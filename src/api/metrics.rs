@@ -158,7 +158,6 @@ mod tests {
                 },
                 ..RouterReport::default()
             },
-            ..Report::default()
         };
         let text = render(&report);
         assert!(text.ends_with("# EOF\n"), "{text}");

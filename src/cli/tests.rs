@@ -473,7 +473,7 @@ async fn stop_waits_until_the_daemon_is_gone() {
     stop::run(api(daemon.http)).await.expect("stop");
     assert_eq!(daemon.calls(), [Call::Stop { reset: false }]);
     // stop returned only once the API stopped answering.
-    let err = crate::api::client::Client::new(daemon.http)
+    let err = Client::new(daemon.http)
         .get("/status")
         .await
         .expect_err("gone");

@@ -49,24 +49,19 @@ impl Default for LinkModel {
     }
 }
 
-/// How a new peer is configured; `configure` may adjust the mesh config.
+/// Adjusts a host's mesh configuration before each start.
+pub type ConfigureFn = Box<dyn Fn(&mut MeshConfig)>;
+/// Makes a host's application channels on each start.
+pub type ChannelsFn = Box<dyn Fn(HostId) -> Vec<(String, Box<dyn Gossiper>)>>;
+
+/// How a new peer is configured.
+#[derive(Default)]
 pub struct HostSpec {
     pub peers: Vec<HostId>,
     pub password: Option<[u8; 32]>,
-    pub configure: Option<Box<dyn Fn(&mut MeshConfig)>>,
+    pub configure: Option<ConfigureFn>,
     /// Channels to register on every start (restarts included).
-    pub channels: Option<Box<dyn Fn(HostId) -> Vec<(String, Box<dyn Gossiper>)>>>,
-}
-
-impl Default for HostSpec {
-    fn default() -> Self {
-        Self {
-            peers: Vec::new(),
-            password: None,
-            configure: None,
-            channels: None,
-        }
-    }
+    pub channels: Option<ChannelsFn>,
 }
 
 struct Host {
@@ -830,4 +825,35 @@ impl Sim {
             })
             .collect()
     }
+}
+
+/// A random connected graph on `n` hosts: a random tree (each host hangs off a random
+/// earlier one, which it names as its peer) plus `extra` random edges. Returns the
+/// edges and each host's named peers.
+pub fn random_underlay(
+    n: usize,
+    extra: usize,
+    seed: u64,
+) -> (Vec<(HostId, HostId)>, Vec<Vec<HostId>>) {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move |bound: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % bound as u64) as usize
+    };
+    let mut edges = Vec::new();
+    let mut named = vec![Vec::new(); n];
+    for (i, peers) in named.iter_mut().enumerate().skip(1) {
+        let parent = next(i);
+        edges.push((parent, i));
+        peers.push(parent);
+    }
+    for _ in 0..extra {
+        let (a, b) = (next(n), next(n));
+        if a != b {
+            edges.push((a, b));
+        }
+    }
+    (edges, named)
 }

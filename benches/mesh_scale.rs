@@ -1,0 +1,108 @@
+//! Mesh scale benchmark: N peers (default 1,000) in the deterministic simulation.
+//!
+//! Prints the virtual time to converge (every peer's view matches the real topology)
+//! after the initial formation, after one more peer joins and after a partition into
+//! halves heals, and the control-plane bytes sent per peer in each phase and per idle
+//! minute. Run: `cargo bench --bench mesh_scale` (`MESH_N=200` for another size,
+//! `SIM_SEED=` for another seed).
+//!
+//! Weave Mesh's topology gossip carries every peer's whole connection list, so one
+//! change costs O(N * degree) bytes per receiver; ours carries the changed entries.
+
+#[path = "../tests/sim/mod.rs"]
+mod sim;
+
+use std::time::{Duration, Instant as WallClock};
+
+use sim::{HostSpec, Sim};
+
+fn main() {
+    let n: usize = std::env::var("MESH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let seed = Sim::seed_from_env(42);
+    let wall = WallClock::now();
+    let mut sim = Sim::new(seed);
+
+    // A random connected underlay, average degree about 8: each host can reach only its
+    // underlay neighbours (as hosts in different networks), names one of them, and
+    // discovers the rest through gossip.
+    let (edges, named) = sim::random_underlay(n, 3 * n, seed);
+    for peers in named {
+        sim.add_host(HostSpec {
+            peers,
+            ..HostSpec::default()
+        });
+    }
+    sim.restrict_underlay(&edges);
+    sim.link.jitter = Duration::from_millis(2);
+
+    let joiner = n - 1;
+    for host in 0..joiner {
+        sim.start(host);
+    }
+    let formed = converge(&mut sim, "formation");
+    let (total, max) = sim.bytes_sent();
+    let peers = (n - 1) as u64;
+    println!(
+        "N={n} seed={seed} connections per peer: mean {:.1}",
+        mean(&sim.degrees())
+    );
+    println!(
+        "formation: {formed:?} virtual; bytes sent per peer: mean {} max {}",
+        human(total / peers),
+        human(max)
+    );
+
+    let before = sim.bytes_sent().0;
+    sim.run_for(Duration::from_secs(60));
+    let idle = sim.bytes_sent().0 - before;
+    println!("idle: {} per peer per minute", human(idle / peers));
+
+    let before = sim.bytes_sent().0;
+    sim.start(joiner);
+    let joined = converge(&mut sim, "join");
+    let spent = sim.bytes_sent().0 - before;
+    println!(
+        "join of one peer: {joined:?} virtual; bytes sent per peer: {}",
+        human(spent / n as u64)
+    );
+
+    let left: Vec<_> = (0..n / 2).collect();
+    let right: Vec<_> = (n / 2..n).collect();
+    sim.partition(&left, &right);
+    let apart = sim.run_until_true(Duration::from_secs(600), Duration::from_millis(500), |s| {
+        s.connection_components().len() >= 2 && s.check_converged().is_ok()
+    });
+    println!("partition into halves: detected and converged apart in {apart:?}");
+    let before = sim.bytes_sent().0;
+    sim.heal();
+    let healed = converge(&mut sim, "heal");
+    let spent = sim.bytes_sent().0 - before;
+    println!(
+        "heal: {healed:?} virtual; bytes sent per peer: {}",
+        human(spent / n as u64)
+    );
+    println!("(wall clock {:.1?})", wall.elapsed());
+}
+
+fn converge(sim: &mut Sim, phase: &str) -> Duration {
+    let took = sim.run_until_true(Duration::from_secs(1800), Duration::from_millis(250), |s| {
+        s.connection_components().len() == 1 && s.check_converged().is_ok()
+    });
+    took.unwrap_or_else(|| panic!("{phase}: no convergence: {:?}", sim.check_converged()))
+}
+
+fn mean(values: &[usize]) -> f64 {
+    values.iter().sum::<usize>() as f64 / values.len().max(1) as f64
+}
+
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}

@@ -435,6 +435,8 @@ impl Sim {
             .cloned()
             .expect("index below len");
         self.nodes[i].containers.remove(&ident);
+        // Freeing an identity also cancels its requests in progress (a re-claim).
+        self.nodes[i].pending.retain(|_, v| *v != ident);
         self.call(i, |ipam, ctx| ipam.free_ident(ctx, &ident));
     }
 

@@ -268,11 +268,11 @@ fn leftovers_of_dead_runs_are_swept() {
         .join(format!("wl{dead}-beef"));
     std::fs::create_dir_all(&stale_dir).expect("stale dir");
 
-    // A live lab of this process is left alone.
+    // A live lab of this process is left alone. (`Lab::new` sweeps once per process, so
+    // the leftovers may be gone before the explicit sweep: check the outcome.)
     let mut lab = Lab::new("sweep", WEAVE);
     let live = lab.isolated_host("a");
-    let removed = Lab::sweep_stale();
-    assert!(removed.iter().any(|r| r.contains(&stale)), "{removed:?}");
+    Lab::sweep_stale();
     assert!(!stale_dir.exists());
     let listed = netns_list();
     assert!(!listed.contains(&stale), "{listed}");

@@ -204,9 +204,10 @@ pub struct Mesh {
     /// Peers reachable in the topology, ourselves included: what applications see.
     live: BTreeMap<PeerName, PeerSummary>,
     unreachable_since: BTreeMap<PeerName, Instant>,
-    /// Records we removed as unreachable, remembered for a while (see
-    /// [`Mesh::without_forgotten`]).
-    forgotten: BTreeMap<PeerName, (Incarnation, u64, Instant)>,
+    /// When we last pushed anti-entropy to every neighbour because peers vanished, and
+    /// when we will next.
+    last_urgent_sync: Option<Instant>,
+    urgent_sync_at: Option<Instant>,
     rng: ChaCha8Rng,
     transmits: VecDeque<(ConnId, Vec<u8>)>,
     actions: VecDeque<Action>,
@@ -247,7 +248,8 @@ impl Mesh {
             channels: BTreeMap::new(),
             live,
             unreachable_since: BTreeMap::new(),
-            forgotten: BTreeMap::new(),
+            last_urgent_sync: None,
+            urgent_sync_at: None,
             rng,
             transmits: VecDeque::new(),
             actions: VecDeque::new(),
@@ -511,6 +513,15 @@ impl Mesh {
             self.recalc_at = None;
             self.recalculate();
         }
+        if self.urgent_sync_at.is_some_and(|at| at <= now) {
+            self.urgent_sync_at = None;
+            self.last_urgent_sync = Some(now);
+            let hash = self.topology.digest_hash();
+            let neighbours: Vec<ConnId> = self.by_peer.values().copied().collect();
+            for conn in neighbours {
+                self.send(conn, &Message::TopologyDigestHash { hash });
+            }
+        }
         if self.next_anti_entropy <= now {
             self.next_anti_entropy =
                 now + jittered(self.config.gossip_interval, self.rng.next_u64());
@@ -562,6 +573,7 @@ impl Mesh {
         };
         consider(self.flush_at, "topology flush");
         consider(self.recalc_at, "route recalculation");
+        consider(self.urgent_sync_at, "anti-entropy after a loss");
         consider(self.targets.next_due(!self.at_conn_limit()), "dial");
         for conn in self.conns.values() {
             if conn.remote.is_some() {
@@ -815,7 +827,6 @@ impl Mesh {
                 }
             }
             Message::TopologyBroadcast { origin, delta } => {
-                let delta = self.without_forgotten(delta);
                 let novel = self.topology.merge(&delta);
                 self.after_topology_merge();
                 if !novel.is_empty() {
@@ -823,7 +834,7 @@ impl Mesh {
                 }
             }
             Message::TopologyDigest { digest, reply } => {
-                let missing = self.topology.missing(&digest, &self.unreachable());
+                let missing = self.topology.missing(&digest);
                 if !missing.is_empty() {
                     self.send(conn_id, &Message::TopologyRepair { delta: missing });
                 }
@@ -846,7 +857,7 @@ impl Mesh {
                 }
             }
             Message::TopologyPull { records } => {
-                let delta = self.topology.pull(&records, &self.unreachable());
+                let delta = self.topology.pull(&records);
                 if !delta.is_empty() {
                     self.send(conn_id, &Message::TopologyRepair { delta });
                 }
@@ -1037,7 +1048,6 @@ impl Mesh {
     }
 
     fn merge_topology_repair(&mut self, delta: TopologyDelta, from: PeerName) {
-        let delta = self.without_forgotten(delta);
         let novel = self.topology.merge(&delta);
         self.after_topology_merge();
         if novel.is_empty() {
@@ -1102,19 +1112,8 @@ impl Mesh {
             .filter(|(_, since)| **since + self.config.gc_grace > now)
             .map(|(name, _)| *name)
             .collect();
-        let forgetting: Vec<(PeerName, Incarnation, u64)> = self
-            .topology
-            .records()
-            .filter(|r| !reachable.contains(&r.name) && !keep.contains(&r.name))
-            .map(|r| (r.name, r.incarnation, r.watermark))
-            .collect();
         for gone in self.topology.remove_unreachable(&keep) {
             self.unreachable_since.remove(&gone);
-        }
-        self.forgotten
-            .retain(|_, (_, _, at)| now.saturating_duration_since(*at) < FORGOTTEN_MEMORY);
-        for (name, incarnation, watermark) in forgetting {
-            self.forgotten.insert(name, (incarnation, watermark, now));
         }
         let live: BTreeMap<PeerName, PeerSummary> = self
             .topology
@@ -1138,11 +1137,22 @@ impl Mesh {
                 self.events.push_back(Event::PeerAdded(summary.clone()));
             }
         }
+        let mut lost = false;
         for name in self.live.keys() {
             if !live.contains_key(name) {
                 changed = true;
+                lost = true;
                 self.events.push_back(Event::PeerRemoved(*name));
             }
+        }
+        if lost && self.urgent_sync_at.is_none() {
+            // Peers vanished: a partition or a crash. Broadcast trees computed from views
+            // that still show the lost links drop some of the news, so push anti-entropy
+            // to every neighbour (a hash each; a digest exchange only where views differ).
+            let earliest = self
+                .last_urgent_sync
+                .map_or(now, |last| last + URGENT_SYNC_INTERVAL);
+            self.urgent_sync_at = Some(earliest.max(now));
         }
         self.live = live;
         self.last_epoch = self.topology.epoch();
@@ -1173,26 +1183,6 @@ impl Mesh {
             }
         }
         addresses
-    }
-
-    /// Peers in the topology we can no longer reach (their records wait for removal).
-    fn unreachable(&self) -> BTreeSet<PeerName> {
-        self.unreachable_since.keys().copied().collect()
-    }
-
-    /// Drops records we removed as unreachable if they come back unchanged (relayed by
-    /// a peer that has not removed them yet): only news about them is news.
-    fn without_forgotten(&self, mut delta: TopologyDelta) -> TopologyDelta {
-        if !self.forgotten.is_empty() {
-            delta.records.retain(|r| match self.forgotten.get(&r.name) {
-                Some((incarnation, watermark, _)) => {
-                    r.incarnation > *incarnation
-                        || (r.incarnation == *incarnation && r.to > *watermark)
-                }
-                None => true,
-            });
-        }
-        delta
     }
 
     /// Periodic anti-entropy with one random neighbour, on every channel.
@@ -1465,8 +1455,8 @@ impl ConnState {
     }
 }
 
-/// How long removed records are remembered, to refuse stale copies of them.
-const FORGOTTEN_MEMORY: Duration = Duration::from_secs(120);
+/// At most one anti-entropy push to all neighbours per this interval.
+const URGENT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How many neighbours neighbour gossip goes to: 2·log2(peers), as Weave Mesh 0.4.
 fn fanout(peers: usize) -> usize {

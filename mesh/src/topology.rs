@@ -303,16 +303,15 @@ impl Topology {
         hash
     }
 
-    /// What a neighbour with `digest` lacks of what we know, leaving out the records
-    /// in `skip` (peers we can no longer reach: we must not spread stale records).
-    pub fn missing(&self, digest: &TopologyDigest, skip: &BTreeSet<PeerName>) -> TopologyDelta {
+    /// What a neighbour with `digest` lacks of what we know.
+    pub fn missing(&self, digest: &TopologyDigest) -> TopologyDelta {
         let theirs: BTreeMap<PeerName, (Incarnation, u64)> = digest
             .records
             .iter()
             .map(|(name, inc, watermark)| (*name, (*inc, *watermark)))
             .collect();
         let mut out = TopologyDelta::default();
-        for record in self.records.values().filter(|r| !skip.contains(&r.name)) {
+        for record in self.records.values() {
             match theirs.get(&record.name) {
                 None => out.records.push(record.snapshot()),
                 Some((inc, _)) if *inc < record.incarnation => out.records.push(record.snapshot()),
@@ -354,14 +353,9 @@ impl Topology {
     }
 
     /// Answers a pull request: for each record asked for, what lies above the watermark.
-    pub fn pull(
-        &self,
-        wanted: &[(PeerName, Incarnation, u64)],
-        skip: &BTreeSet<PeerName>,
-    ) -> TopologyDelta {
+    pub fn pull(&self, wanted: &[(PeerName, Incarnation, u64)]) -> TopologyDelta {
         let records = wanted
             .iter()
-            .filter(|(name, _, _)| !skip.contains(name))
             .filter_map(|&(name, incarnation, watermark)| {
                 let record = self.records.get(&name)?;
                 if record.incarnation > incarnation || watermark == 0 {
@@ -667,7 +661,7 @@ mod tests {
         a.set_local_connection(name(10), None);
         a.set_local_connection(name(30), Some(info(30, false)));
         let _lost = a.take_local_delta();
-        let missing = a.missing(&b.digest(), &BTreeSet::new());
+        let missing = a.missing(&b.digest());
         let about_a = missing.records.iter().find(|r| r.name == name(1)).unwrap();
         assert_eq!(
             about_a.entries.len(),
@@ -677,7 +671,7 @@ mod tests {
         b.merge(&missing);
         assert_eq!(view(&b, name(1)), view(&a, name(1)));
         assert!(
-            a.missing(&b.digest(), &BTreeSet::new())
+            a.missing(&b.digest())
                 .records
                 .iter()
                 .all(|r| r.name != name(1))
@@ -839,7 +833,7 @@ mod tests {
                 }
                 Op::Snapshot => published.push(bystander.complete()),
                 Op::AntiEntropy { owner } => {
-                    let delta = owners[owner].missing(&bystander.digest(), &BTreeSet::new());
+                    let delta = owners[owner].missing(&bystander.digest());
                     bystander.merge(&delta);
                     published.push(delta);
                 }
@@ -848,7 +842,7 @@ mod tests {
         // Finally every owner answers an anti-entropy request from an empty replica, so
         // whatever was lost is repaired.
         for owner in &owners {
-            published.push(owner.missing(&topo(99).digest(), &BTreeSet::new()));
+            published.push(owner.missing(&topo(99).digest()));
         }
         (owners, published)
     }

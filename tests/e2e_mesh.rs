@@ -244,3 +244,82 @@ fn bad_input_gets_a_clear_message_and_a_nonzero_exit() {
         assert!(!output.stderr.contains("panicked"), "{}", output.stderr);
     }
 }
+
+/// `GET path` on the daemon's status port inside `host`, through bash's /dev/tcp.
+fn status_port_get(host: &Host, path: &str) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/6782; printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3"
+    );
+    host.run(&["bash", "-c", &script]).expect_ok().stdout
+}
+
+#[test]
+fn connect_forget_metrics_and_reset() {
+    let mut lab = Lab::new("mesh_commands", WEAVE);
+    let (a, b) = (lab.host("a"), lab.host("b"));
+    launch(&a, &[]);
+    launch(&b, &[]);
+    assert_eq!(peers(&b).unwrap(), vec!["b".to_owned()]);
+    b.run(&["weave", "connect", &a.ip().to_string()])
+        .expect_ok();
+    wait_for_mesh(&b, &["a", "b"], 1);
+    let targets = b.run(&["weave", "status", "targets"]).expect_ok().stdout;
+    assert!(targets.contains(&format!("{}:6783", a.ip())), "{targets}");
+
+    let metrics = status_port_get(&b, "/metrics");
+    let established = metrics
+        .lines()
+        .find(|l| l.starts_with("weave_connections{") && l.contains("state=\"established\""))
+        .unwrap_or_else(|| panic!("no established gauge in {metrics}"));
+    assert!(established.ends_with(" 1"), "{established}");
+    assert!(metrics.contains("weave_peers 2"), "{metrics}");
+
+    // Forget drops the target; the connection stays up (as in Weave).
+    b.run(&["weave", "forget", &a.ip().to_string()]).expect_ok();
+    let targets = b.run(&["weave", "status", "targets"]).expect_ok().stdout;
+    assert!(targets.trim().is_empty(), "{targets:?}");
+    assert_eq!(
+        connection_states(&b).unwrap(),
+        vec!["established".to_owned()]
+    );
+
+    // Reset forgets everything persisted: a new name next time.
+    let name = report(&b).unwrap()["Router"]["Name"].clone();
+    b.run(&["weave", "reset"]).expect_ok();
+    wait_for_mesh(&a, &["a"], 0);
+    launch(&b, &[]);
+    assert_ne!(report(&b).unwrap()["Router"]["Name"], name);
+    assert_eq!(
+        peers(&b).unwrap(),
+        vec!["b".to_owned()],
+        "no peers remembered"
+    );
+}
+
+#[test]
+fn two_hosts_with_one_name_are_reported() {
+    let mut lab = Lab::new("mesh_collision", WEAVE);
+    let (a, b, c) = (lab.host("a"), lab.host("b"), lab.host("c"));
+    launch(&a, &[]);
+    let seed = a.ip().to_string();
+    // Cloned machines: same peer name.
+    launch(&b, &["--name", "02:00:00:00:00:99", &seed]);
+    wait_for_mesh(&a, &["a", "b"], 1);
+    launch(&c, &["--name", "02:00:00:00:00:99", &seed]);
+    for host in [&a, &b] {
+        wait_until(
+            &format!("{} reports the collision", host.name()),
+            Duration::from_secs(60),
+            POLL,
+            || {
+                let status = host.run(&["weave", "status"]).stdout;
+                if status.contains("collision") {
+                    Ok(())
+                } else {
+                    Err(status)
+                }
+            },
+        )
+        .unwrap();
+    }
+}

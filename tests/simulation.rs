@@ -259,3 +259,100 @@ fn fifty_hosts_random_graph_with_partitions_that_heal() {
         });
     }
 }
+
+#[test]
+fn two_hosts_dialling_each_other_keep_one_connection() {
+    with_seed(20, |sim| {
+        let a = sim.add_host(HostSpec {
+            peers: vec![1],
+            ..HostSpec::default()
+        });
+        let b = sim.add_host(HostSpec {
+            peers: vec![0],
+            ..HostSpec::default()
+        });
+        sim.start(a);
+        sim.start(b);
+        converge(sim, Duration::from_secs(10));
+        sim.run_for(Duration::from_secs(30));
+        assert_eq!(sim.degrees(), vec![1, 1]);
+        let status = sim.mesh(a).connection_status();
+        assert_eq!(
+            status.len(),
+            1,
+            "the losing dial is satisfied, not retried: {status:?}"
+        );
+    });
+}
+
+#[test]
+fn connection_limit_refuses_extra_peers() {
+    with_seed(21, |sim| {
+        let hub = sim.add_host(HostSpec {
+            configure: Some(Box::new(|c| c.conn_limit = 1)),
+            ..HostSpec::default()
+        });
+        let b = sim.add_host(HostSpec {
+            peers: vec![hub],
+            ..HostSpec::default()
+        });
+        let c = sim.add_host(HostSpec {
+            peers: vec![hub],
+            ..HostSpec::default()
+        });
+        sim.start(hub);
+        sim.start(b);
+        sim.run_for(Duration::from_secs(2));
+        sim.start(c);
+        sim.run_for(Duration::from_secs(10));
+        assert_eq!(sim.mesh(hub).live_peers().len(), 2);
+        let refused = sim.mesh(c).connection_status();
+        assert!(
+            refused.iter().any(|s| s
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("too many connections"))),
+            "{refused:?}"
+        );
+    });
+}
+
+#[test]
+fn two_live_peers_with_one_name_are_reported() {
+    with_seed(22, |sim| {
+        let hub = sim.add_host(HostSpec::default());
+        let twin = || -> Option<sim::ConfigureFn> {
+            Some(Box::new(|c| {
+                c.name = weave_mesh::PeerName::from_u64(0x0200_dead_beef)
+            }))
+        };
+        let b = sim.add_host(HostSpec {
+            peers: vec![hub],
+            configure: twin(),
+            ..HostSpec::default()
+        });
+        let c = sim.add_host(HostSpec {
+            peers: vec![hub],
+            configure: twin(),
+            ..HostSpec::default()
+        });
+        sim.start(hub);
+        sim.start(b);
+        sim.run_for(Duration::from_secs(2));
+        sim.start(c);
+        let reported =
+            sim.run_until_true(Duration::from_secs(120), Duration::from_millis(500), |s| {
+                !s.mesh(b).collisions().is_empty() && !s.mesh(c).collisions().is_empty()
+            });
+        assert!(
+            reported.is_some(),
+            "hub: {:?} {:?}; b: {:?} {:?}, c: {:?}",
+            sim.mesh(hub).collisions(),
+            sim.mesh(hub).connection_status(),
+            sim.mesh(b).collisions(),
+            sim.mesh(b).connection_status(),
+            sim.mesh(c).collisions()
+        );
+        assert!(sim.mesh(b).collisions()[0].contains("collision"));
+    });
+}

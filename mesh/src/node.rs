@@ -799,9 +799,7 @@ impl Mesh {
         let Some(from) = from else {
             match message {
                 Message::Features(features) => self.handle_features(conn_id, features),
-                Message::Close { reason } => {
-                    self.forget_conn(conn_id, format!("peer closed: {reason}"))
-                }
+                Message::Close { reason } => self.peer_closed(conn_id, reason),
                 _ => self.close(conn_id, "protocol error: message before features".into()),
             }
             return;
@@ -811,9 +809,7 @@ impl Mesh {
                 self.close(conn_id, "protocol error: features sent twice".into())
             }
             Message::Heartbeat => {}
-            Message::Close { reason } => {
-                self.forget_conn(conn_id, format!("peer closed: {reason}"))
-            }
+            Message::Close { reason } => self.peer_closed(conn_id, reason),
             Message::TopologyDigestHash { hash } => {
                 if hash != self.topology.digest_hash() {
                     let digest = self.topology.digest();
@@ -863,6 +859,10 @@ impl Mesh {
                 }
             }
             Message::Gossip { channel, body } => self.handle_gossip(conn_id, from, channel, body),
+            Message::NameCollision { text } => {
+                let addr = self.conns.get(&conn_id).map(|c| c.remote_addr);
+                self.report_collision(0, String::new(), addr, text);
+            }
             Message::Direct { tag, payload } => {
                 self.events.push_back(Event::Direct { from, tag, payload })
             }
@@ -905,18 +905,62 @@ impl Mesh {
         // One connection per pair of peers: both ends keep the same one.
         if let Some(&other_id) = self.by_peer.get(&features.name) {
             let other = self.conns.get(&other_id).and_then(|c| c.remote.as_ref());
-            let keep_new = match other {
+            let verdict = match other {
+                // A peer that restarted: its new incarnation replaces the old one. An
+                // older incarnation never comes back, so one showing up while a newer is
+                // connected is a second live peer with the same name.
                 Some(other) if other.incarnation != features.incarnation => {
-                    features.incarnation > other.incarnation
+                    if features.incarnation > other.incarnation {
+                        Duplicate::KeepNew
+                    } else {
+                        Duplicate::Collision(other.nickname.clone())
+                    }
                 }
-                Some(other) => conn_uid < other.conn_uid,
-                None => true,
+                Some(other) if conn_uid >= other.conn_uid => Duplicate::KeepOld,
+                _ => Duplicate::KeepNew,
             };
-            if keep_new {
-                self.close(other_id, "duplicate connection".into());
-            } else {
-                self.close(conn_id, "duplicate connection".into());
-                return;
+            match verdict {
+                Duplicate::KeepNew => {
+                    // The old connection's target is satisfied by the new one.
+                    self.by_peer.remove(&features.name);
+                    if let Some(target) =
+                        self.conns.get_mut(&other_id).and_then(|c| c.target.take())
+                    {
+                        self.targets.connected(&target, features.name);
+                    }
+                    self.close(other_id, "duplicate connection".into());
+                }
+                Duplicate::KeepOld => {
+                    if let Some(target) = self.conns.get_mut(&conn_id).and_then(|c| c.target.take())
+                    {
+                        self.targets.connected(&target, features.name);
+                    }
+                    self.close(conn_id, "duplicate connection".into());
+                    return;
+                }
+                Duplicate::Collision(other_nickname) => {
+                    let addr = self.conns.get(&conn_id).map(|c| c.remote_addr);
+                    let text = format!(
+                        "{COLLISION}: {} ({}) and {other_nickname} both use the name {}; give one of them another --name",
+                        features.nickname,
+                        addr.map(|a| a.ip().to_string()).unwrap_or_default(),
+                        features.name,
+                    );
+                    self.report_collision(
+                        features.incarnation.uid,
+                        features.nickname.clone(),
+                        addr,
+                        text.clone(),
+                    );
+                    if let Some(target) = self.conns.get_mut(&conn_id).and_then(|c| c.target.take())
+                    {
+                        self.targets.stop(&target, text.clone());
+                    }
+                    // Tell both: the one we refuse (in the close) and the one we keep.
+                    self.send(other_id, &Message::NameCollision { text: text.clone() });
+                    self.close(conn_id, text);
+                    return;
+                }
             }
         }
         let limit = self.config.conn_limit;
@@ -980,6 +1024,20 @@ impl Mesh {
             conn_uid,
             sleeve_keys,
         });
+    }
+
+    /// The peer closed the connection and told us why.
+    fn peer_closed(&mut self, conn_id: ConnId, reason: String) {
+        if reason.starts_with(COLLISION) {
+            // The peer found we share a name with another live peer: report it here
+            // too, and do not keep dialling into the collision.
+            let (uid, addr) = (0, self.conns.get(&conn_id).map(|c| c.remote_addr));
+            self.report_collision(uid, String::new(), addr, reason.clone());
+            if let Some(target) = self.conns.get_mut(&conn_id).and_then(|c| c.target.take()) {
+                self.targets.stop(&target, reason.clone());
+            }
+        }
+        self.forget_conn(conn_id, format!("peer closed: {reason}"));
     }
 
     /// Puts our view of a ready connection into our topology record.
@@ -1453,6 +1511,17 @@ impl ConnState {
             Self::Failed => "failed",
         }
     }
+}
+
+/// How a close reason (and status) starts when two live peers share a name.
+const COLLISION: &str = "peer name collision";
+
+/// What to do with a second connection to a peer we are connected to.
+enum Duplicate {
+    KeepNew,
+    KeepOld,
+    /// Two live peers with one name; the nickname of the one we keep.
+    Collision(String),
 }
 
 /// At most one anti-entropy push to all neighbours per this interval.

@@ -90,6 +90,10 @@ pub enum Message {
         channel: String,
         body: GossipBody,
     },
+    /// The sender saw another live peer with the receiver's name.
+    NameCollision {
+        text: String,
+    },
     /// For the layer above (the router's path control), opaque to the mesh.
     Direct {
         tag: u16,

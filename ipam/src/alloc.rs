@@ -179,19 +179,31 @@ struct Pending {
     retry_at: Option<Instant>,
 }
 
-/// A peer that started without saved state may be an old peer that lost its data. Until
-/// the daemon has re-claimed the addresses of containers still running here
-/// ([`Ipam::finish_reclaim`]) and the live peers have told us what they know about our
-/// old ranges (or `sync_timeout` passed), we allocate nothing new and donate nothing.
+/// A peer that started without saved state may be an old peer that lost its data, and
+/// its old incarnation may have given away parts of ranges that others still show as its
+/// own (stale entries can reach it at any time, from any peer). So, for its whole life:
+/// before it allocates from or donates a range it came to own by gossip, it asks every
+/// live peer what they know of that range (a round), and waits for all answers or
+/// `sync_timeout`. Ranges granted to it in answer to its own request are fresh from their
+/// owner and need no round. At the start it also waits for [`Ipam::finish_reclaim`].
 #[derive(Debug, Clone, Default)]
-struct Sync {
+struct Verify {
     reclaim_done: bool,
-    started: bool,
-    /// The ranges the current round of requests asked about.
-    asked: Vec<(u64, u64)>,
+    /// Ranges every live peer has been asked about (or granted to us by their owner).
+    verified: Vec<(u64, u64)>,
+    round: u64,
+    /// The round in progress, if any: what it asks about and who has not answered.
+    in_round: bool,
+    asking: Vec<(u64, u64)>,
     waiting: BTreeSet<PeerName>,
     resend_at: Option<Instant>,
     deadline: Option<Instant>,
+}
+
+impl Verify {
+    fn busy(&self) -> bool {
+        !self.reclaim_done || self.in_round
+    }
 }
 
 /// The IPAM core of one peer. See the crate docs for the calling contract.
@@ -212,7 +224,8 @@ pub struct Ipam {
     by_ident: BTreeMap<String, BTreeSet<u32>>,
     pending: BTreeMap<RequestId, Pending>,
     next_request: u64,
-    sync: Option<Sync>,
+    /// `Some` for a peer started without saved state (see [`Verify`]).
+    fresh: Option<Verify>,
     events: VecDeque<IpamEvent>,
     persist: VecDeque<PersistOp>,
     conflicts: u64,
@@ -224,7 +237,7 @@ impl Ipam {
     /// allocations wait until [`Self::finish_reclaim`] (see the crate docs).
     pub fn new(config: IpamConfig, local: PeerName) -> Result<Self, IpamError> {
         let mut ipam = Self::empty(config, local)?;
-        ipam.sync = Some(Sync::default());
+        ipam.fresh = Some(Verify::default());
         if let InitMode::Seed(seeds) = &ipam.config.init {
             if seeds.is_empty() {
                 return Err(IpamError::InvalidConfig("empty seed list".to_owned()));
@@ -324,7 +337,7 @@ impl Ipam {
             by_ident: BTreeMap::new(),
             pending: BTreeMap::new(),
             next_request: 1,
-            sync: None,
+            fresh: None,
             events: VecDeque::new(),
             persist: VecDeque::new(),
             conflicts: 0,
@@ -375,13 +388,26 @@ impl Ipam {
     }
 
     #[cfg(test)]
+    pub(crate) fn timers_debug(&self) -> String {
+        format!(
+            "hint {:?} ring_req {:?} paxos {:?} wanted {} fresh {:?} pending {:?}",
+            self.hint_due,
+            self.ring_request_at,
+            self.paxos_deadline,
+            self.ring_wanted,
+            self.fresh,
+            self.pending
+        )
+    }
+
+    #[cfg(test)]
     pub(crate) fn ring(&self) -> Option<&Ring> {
         self.ring.as_ref()
     }
 
     /// Whether we are still re-learning our state after a start without saved data.
     pub fn is_reclaiming(&self) -> bool {
-        self.sync.is_some()
+        self.fresh.as_ref().is_some_and(Verify::busy)
     }
 
     /// Addresses recorded here as `(address, identity)`, including claims in progress.
@@ -451,7 +477,7 @@ impl Ipam {
             return Ok(AllocResult::Pending(id));
         }
         if self.ring.is_some()
-            && self.sync.is_none()
+            && !self.is_reclaiming()
             && let Some(addr) = self.take_free(subnet)
         {
             self.record(addr, ident.to_owned(), Some(subnet), AllocState::Settled);
@@ -575,8 +601,8 @@ impl Ipam {
     /// The daemon has re-claimed the addresses of every container still running here
     /// (after a start without saved state). See the crate docs.
     pub fn finish_reclaim(&mut self, ctx: &mut GossipContext<'_>) {
-        if let Some(sync) = &mut self.sync {
-            sync.reclaim_done = true;
+        if let Some(verify) = &mut self.fresh {
+            verify.reclaim_done = true;
         }
         self.drive(ctx);
     }
@@ -601,8 +627,13 @@ impl Ipam {
         }
         let ring = self.ring.as_mut().ok_or(IpamError::NoRing)?;
         let taken = ring.totals().get(&peer).copied().unwrap_or(0);
+        let taken_ranges = ring.ranges_of(peer);
         let changed = ring.transfer_all(peer, self.local);
         self.hints.remove(&peer);
+        // A dead peer's ranges were never our old incarnation's: nothing to re-learn.
+        if let Some(v) = &mut self.fresh {
+            v.verified = union(&v.verified, &taken_ranges);
+        }
         if !changed.is_empty() {
             self.local_ring_change(ctx, &changed);
         }
@@ -686,7 +717,7 @@ impl Ipam {
                 _ => "idle".to_owned(),
             };
         };
-        if self.sync.is_some() {
+        if self.is_reclaiming() {
             return "re-learning allocations after a restart without saved state".to_owned();
         }
         let waiting: Vec<&Pending> = self
@@ -1138,8 +1169,8 @@ impl Ipam {
         if self.ring.is_none() {
             self.drive_consensus(ctx);
         }
-        if self.ring.is_some() && self.sync.is_some() {
-            self.drive_sync(ctx);
+        if self.ring.is_some() && self.fresh.is_some() {
+            self.drive_verify(ctx);
         }
         if !self.pending.is_empty() {
             let ids: Vec<RequestId> = self.pending.keys().copied().collect();
@@ -1175,41 +1206,52 @@ impl Ipam {
         }
     }
 
-    fn drive_sync(&mut self, ctx: &mut GossipContext<'_>) {
+    fn drive_verify(&mut self, ctx: &mut GossipContext<'_>) {
         let now = ctx.now();
         let timeout = self.config.timers.sync_timeout;
         let local = self.local;
         let owned = self.owned.clone();
-        let Some(sync) = &mut self.sync else {
+        let Some(v) = &mut self.fresh else {
             return;
         };
-        if !sync.started {
-            sync.started = true;
-            sync.deadline = Some(now + timeout);
-        }
-        sync.waiting.retain(|p| ctx.is_live(*p));
-        // Every range we now believe is ours must have been asked about: answers can
-        // hand us more of our old entries, and only a question about those ranges finds
-        // out what our old incarnation gave away from them.
-        if !difference(&owned, &sync.asked).is_empty() {
-            sync.asked = owned.clone();
-            sync.waiting = ctx
-                .peers()
-                .keys()
-                .copied()
-                .filter(|&p| p != local)
-                .collect();
-            let msg = wire::encode(&Message::SyncRequest {
-                ranges: to_ranges32(&owned),
-            });
-            for &peer in &sync.waiting {
-                ctx.unicast(peer, msg.clone());
+        if v.in_round {
+            v.waiting.retain(|p| ctx.is_live(*p));
+            if v.waiting.is_empty() || v.deadline.is_some_and(|d| now >= d) {
+                v.in_round = false;
+                v.verified = union(&v.verified, &v.asking);
+                v.resend_at = None;
+                v.deadline = None;
             }
-            sync.resend_at = Some(now + self.config.timers.request_timeout);
         }
-        let done = sync.waiting.is_empty() || sync.deadline.is_some_and(|d| now >= d);
-        if sync.reclaim_done && done {
-            self.sync = None;
+        if v.in_round {
+            return;
+        }
+        let unverified = difference(&owned, &v.verified);
+        if unverified.is_empty() {
+            return;
+        }
+        let peers: BTreeSet<PeerName> = ctx
+            .peers()
+            .keys()
+            .copied()
+            .filter(|&p| p != local)
+            .collect();
+        if peers.is_empty() {
+            v.verified = union(&v.verified, &unverified);
+            return;
+        }
+        v.round += 1;
+        v.in_round = true;
+        v.waiting = peers;
+        v.deadline = Some(now + timeout);
+        v.resend_at = Some(now + self.config.timers.request_timeout);
+        let msg = wire::encode(&Message::SyncRequest {
+            round: v.round,
+            ranges: to_ranges32(&unverified),
+        });
+        v.asking = unverified;
+        for &peer in &v.waiting {
+            ctx.unicast(peer, msg.clone());
         }
     }
 
@@ -1225,7 +1267,7 @@ impl Ipam {
 
     fn advance_allocate(&mut self, ctx: &mut GossipContext<'_>, id: RequestId, subnet: Cidr) {
         let now = ctx.now();
-        if self.ring.is_none() || self.sync.is_some() {
+        if self.ring.is_none() || self.is_reclaiming() {
             return;
         }
         if let Some(addr) = self.take_free(subnet) {
@@ -1451,7 +1493,7 @@ impl Ipam {
     }
 
     fn ready_to_give(&self, ring_id: u64) -> bool {
-        !self.left && self.sync.is_none() && self.ring.as_ref().is_some_and(|r| r.id() == ring_id)
+        !self.left && !self.is_reclaiming() && self.ring.as_ref().is_some_and(|r| r.id() == ring_id)
     }
 
     fn on_space_request(
@@ -1597,10 +1639,34 @@ impl Ipam {
                 addr,
             } => self.on_claim_request(ctx, from, request, ring, addr),
             Message::Grant { request, update } => {
-                if let Some(p) = self.pending.get_mut(&RequestId(request)) {
+                let ours = self.pending.get_mut(&RequestId(request)).is_some_and(|p| {
                     p.asked = None;
-                }
+                    true
+                });
+                let tokens: Vec<u32> = update
+                    .ring
+                    .as_ref()
+                    .map(|r| r.entries.iter().map(|(t, _)| *t).collect())
+                    .unwrap_or_default();
                 self.merge_update(ctx, from, update)?;
+                // Space its owner just gave us for our own request is not stale.
+                if ours && let (Some(v), Some(ring)) = (&mut self.fresh, &self.ring) {
+                    let granted: Vec<(u64, u64)> = tokens
+                        .iter()
+                        .filter_map(|t| ring.entries().get(t).map(|e| (*t, *e)))
+                        .filter(|(_, e)| e.owner == self.local)
+                        .map(|(t, _)| {
+                            let end = ring
+                                .entries()
+                                .range(t.saturating_add(1)..)
+                                .next()
+                                .filter(|(n, _)| **n > t)
+                                .map_or(ring.range().end(), |(n, _)| u64::from(*n));
+                            (u64::from(t), end)
+                        })
+                        .collect();
+                    v.verified = union(&v.verified, &granted);
+                }
             }
             Message::Denied {
                 request,
@@ -1618,7 +1684,7 @@ impl Ipam {
                     ctx.unicast(from, wire::encode(&Message::Update(update)));
                 }
             }
-            Message::SyncRequest { ranges } => {
+            Message::SyncRequest { round, ranges } => {
                 let mut update = Update::empty(self.config.range);
                 if let Some(ring) = &self.ring {
                     // What we know inside the ranges it believes it owns, and every entry
@@ -1647,11 +1713,14 @@ impl Ipam {
                         entries: ring.with_successors(&tokens),
                     });
                 }
-                ctx.unicast(from, wire::encode(&Message::SyncReply(update)));
+                ctx.unicast(from, wire::encode(&Message::SyncReply { round, update }));
             }
-            Message::SyncReply(update) => {
-                if let Some(sync) = &mut self.sync {
-                    sync.waiting.remove(&from);
+            Message::SyncReply { round, update } => {
+                if let Some(v) = &mut self.fresh
+                    && v.in_round
+                    && v.round == round
+                {
+                    v.waiting.remove(&from);
                 }
                 self.merge_update(ctx, from, update)?;
             }
@@ -1866,14 +1935,16 @@ impl Gossiper for Ipam {
                 self.reset_paxos_timer(ctx);
             }
         }
-        if let Some(sync) = &mut self.sync
-            && sync.resend_at.is_some_and(|t| t <= now)
+        if let Some(v) = &mut self.fresh
+            && v.in_round
+            && v.resend_at.is_some_and(|t| t <= now)
         {
-            sync.resend_at = Some(now + self.config.timers.request_timeout);
+            v.resend_at = Some(now + self.config.timers.request_timeout);
             let msg = wire::encode(&Message::SyncRequest {
-                ranges: to_ranges32(&sync.asked),
+                round: v.round,
+                ranges: to_ranges32(&v.asking),
             });
-            for &peer in &sync.waiting {
+            for &peer in &v.waiting {
                 ctx.unicast(peer, msg.clone());
             }
         }
@@ -1897,18 +1968,18 @@ impl Gossiper for Ipam {
                 consider(self.paxos_deadline);
             }
         }
-        if let Some(sync) = &self.sync
-            && !sync.waiting.is_empty()
+        if let Some(v) = &self.fresh
+            && v.in_round
         {
-            consider(sync.resend_at);
-            // The deadline only matters once the daemon is done re-claiming.
-            if sync.reclaim_done {
-                consider(sync.deadline);
-            }
+            consider(v.resend_at);
+            consider(v.deadline);
         }
-        for p in self.pending.values() {
-            consider(p.asked.map(|(_, t)| t));
-            consider(p.retry_at);
+        // While re-learning, requests do not move (the round's own timers wake us).
+        if !self.is_reclaiming() {
+            for p in self.pending.values() {
+                consider(p.asked.map(|(_, t)| t));
+                consider(p.retry_at);
+            }
         }
         next
     }
@@ -1961,6 +2032,20 @@ fn range32(s: u64, e: u64) -> (Bound<u32>, Bound<u32>) {
         Ok(hi) => (Bound::Included(lo), Bound::Excluded(hi)),
         Err(_) => (Bound::Included(lo), Bound::Unbounded),
     }
+}
+
+/// `a ∪ b` for sorted lists of disjoint half-open intervals, coalesced.
+fn union(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut all: Vec<(u64, u64)> = a.iter().chain(b).copied().collect();
+    all.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(all.len());
+    for (s, e) in all {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
 }
 
 /// `a \ b` for sorted lists of disjoint half-open intervals.

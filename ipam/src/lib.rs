@@ -30,7 +30,9 @@
 //! [`Ipam::finish_reclaim`], and every live peer answered a sync request with what it
 //! knows of the ranges it owns or thinks we own (or `sync_timeout` passed). Entries of
 //! ours arriving from others are accepted (Weave's "repair" rule), so it adopts its old
-//! ranges; the sync makes sure it also learns what its old incarnation gave away.
+//! ranges; whenever that makes it own more, it asks everyone again about those ranges
+//! (a new round, with its own timeout), so it also learns what its old incarnation gave
+//! away from them.
 //!
 //! What is not safe, and how it is contained:
 //! - Losing data is safe only if the peers that saw the old incarnation's last ring

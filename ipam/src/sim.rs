@@ -380,7 +380,15 @@ impl Sim {
                 self.call(i, |ipam, ctx| ipam.handle_timeout(ctx));
                 // A timer that stays due after it fired would spin the daemon's loop.
                 if let Some(next) = self.nodes[i].ipam.as_ref().and_then(Gossiper::poll_timeout) {
-                    assert!(next > self.now, "node {i}: timer still due after firing");
+                    assert!(
+                        next > self.now,
+                        "node {i}: timer still due after firing: {}",
+                        self.nodes[i]
+                            .ipam
+                            .as_ref()
+                            .map(Ipam::timers_debug)
+                            .unwrap_or_default()
+                    );
                 }
             }
         }

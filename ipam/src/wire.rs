@@ -140,11 +140,16 @@ pub(crate) enum Message {
     },
     /// "Send me your complete ring" (a peer without one).
     RingRequest,
-    /// A restarted peer without its data asks what others know of these ranges.
+    /// A restarted peer without its data asks what others know of these ranges (and of
+    /// whatever they think it owns); `round` pairs answers with questions.
     SyncRequest {
+        round: u64,
         ranges: Vec<(u32, u64)>,
     },
-    SyncReply(Update),
+    SyncReply {
+        round: u64,
+        update: Update,
+    },
 }
 
 pub(crate) fn encode(message: &Message) -> Vec<u8> {
@@ -169,13 +174,15 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Message, String> {
         return Err(format!("{} trailing bytes", rest.len()));
     }
     match &message {
-        Message::Update(u) | Message::Grant { update: u, .. } | Message::SyncReply(u) => {
+        Message::Update(u)
+        | Message::Grant { update: u, .. }
+        | Message::SyncReply { update: u, .. } => {
             u.validate()?;
         }
         Message::Denied {
             update: Some(u), ..
         } => u.validate()?,
-        Message::SyncRequest { ranges } if ranges.len() > MAX_LIST => {
+        Message::SyncRequest { ranges, .. } if ranges.len() > MAX_LIST => {
             return Err("oversized sync request".to_owned());
         }
         _ => {}

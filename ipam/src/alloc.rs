@@ -960,6 +960,10 @@ impl Ipam {
     /// changed entries with their successors and our fresh free hint.
     fn local_ring_change(&mut self, ctx: &mut GossipContext<'_>, changed: &[u32]) {
         self.ring_changed(changed);
+        self.broadcast_change(ctx, changed);
+    }
+
+    fn broadcast_change(&mut self, ctx: &mut GossipContext<'_>, changed: &[u32]) {
         let Some(ring) = &self.ring else {
             return;
         };
@@ -1571,21 +1575,23 @@ impl Ipam {
         else {
             return Self::deny(ctx, to, request, DenyReason::NotReady, None);
         };
-        self.local_ring_change(ctx, &changed);
-        let Some(ring) = &self.ring else {
-            return;
-        };
-        let update = Update {
-            range: self.config.range,
-            ring: Some(RingPart {
-                id: ring.id(),
-                seeds: None,
-                entries: ring.with_successors(&changed),
-            }),
-            hints: vec![],
-            paxos: vec![],
-        };
-        ctx.unicast(to, wire::encode(&Message::Grant { request, update }));
+        self.ring_changed(&changed);
+        // The answer goes out before the broadcast, so over one connection the requester
+        // sees it first and knows the space is fresh from its owner.
+        if let Some(ring) = &self.ring {
+            let update = Update {
+                range: self.config.range,
+                ring: Some(RingPart {
+                    id: ring.id(),
+                    seeds: None,
+                    entries: ring.with_successors(&changed),
+                }),
+                hints: vec![],
+                paxos: vec![],
+            };
+            ctx.unicast(to, wire::encode(&Message::Grant { request, update }));
+        }
+        self.broadcast_change(ctx, &changed);
     }
 
     fn on_denied(

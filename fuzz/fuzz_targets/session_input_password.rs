@@ -1,7 +1,8 @@
 //! Arbitrary bytes into a control session with a password: hello parsing, then the Noise
-//! handshake records (message 1 as responder, message 2 or the reject notice as initiator)
-//! and the confirm frame. Byte 0 picks the mode: bit 0 puts a valid hello in front, bit 1
-//! makes the session the initiator. Byte 1 sets the chunk size the rest is fed in.
+//! handshake records (message 1 as responder, message 2 as initiator) and, as responder,
+//! the confirm frame or the initiator's reject notice. Byte 0 picks the mode: bit 0 puts a
+//! valid hello in front, bit 1 makes the session the initiator. Byte 1 sets the chunk size
+//! the rest is fed in.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

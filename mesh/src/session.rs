@@ -8,7 +8,7 @@
 //! replays byte for byte. Timeouts (a peer that never finishes its hello) belong to the
 //! connection layer above, which owns the clock.
 //!
-//! Wire format, key schedule and the choice of `Noise_NNpsk0` are documented in
+//! Wire format, key schedule and the choice of `Noise_NNpsk2` are documented in
 //! `docs/protocol-control.md`, section "Control connection (TCP 6783)".
 
 use std::collections::VecDeque;
@@ -42,12 +42,16 @@ pub const LENGTH_PREFIX_LEN: usize = 4;
 /// AEAD tag appended to every encrypted frame body.
 pub const TAG_LEN: usize = 16;
 
-/// The Noise protocol used when a password is set (see the protocol doc for why NNpsk0).
-pub const NOISE_PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+/// The Noise protocol used when a password is set (see the protocol doc for why NNpsk2:
+/// the password enters after `ee`, so a recorded handshake is no password oracle).
+pub const NOISE_PATTERN: &str = "Noise_NNpsk2_25519_ChaChaPoly_BLAKE2s";
+/// The handshake's psk modifier position (`psk2`: mixed in at the end of message 2).
+const PSK_POSITION: u8 = 2;
 /// Mixed into the Noise prologue ahead of both hellos.
 const PROLOGUE_LABEL: &[u8] = b"weave-rs control v3";
 /// Handshake message bodies are 48 bytes (32-byte ephemeral + 16-byte tag of an empty
-/// payload); anything past this cap is garbage, rejected before buffering it.
+/// payload: in a psk handshake `e` is mixed into the key, so even message 1 carries a
+/// tag); anything past this cap is garbage, rejected before buffering it.
 const MAX_HANDSHAKE_LEN: usize = 256;
 
 /// Argon2id salt for [`derive_psk`]. Fixed (every peer must derive the same key from the
@@ -67,8 +71,10 @@ const LABEL_SLEEVE_R2I: &[u8] = b"weave-rs sleeve responder->initiator";
 /// Stretches a password into the 32-byte pre-shared key of the handshake: Argon2id,
 /// [`PSK_M_COST_KIB`] KiB, [`PSK_T_COST`] passes, one lane, salt [`PSK_SALT`].
 ///
-/// It runs once per daemon start. Its cost is what an eavesdropper pays per guess: the
-/// first handshake message is a password oracle for anyone who records it.
+/// It runs once per daemon start. Its cost is what an attacker pays per offline guess: a
+/// recorded handshake is no oracle (the password enters after `ee`), but anyone who
+/// connects and receives a message 2 can test guesses against it, as with any PSK-only
+/// scheme.
 pub fn derive_psk(password: &[u8]) -> [u8; 32] {
     let params = Params::new(PSK_M_COST_KIB, PSK_T_COST, 1, Some(32))
         .expect("constant Argon2 parameters are within range");
@@ -165,12 +171,12 @@ pub enum SessionError {
     BadEncryptionFlag { flag: u8 },
     #[error("{}", password_mismatch_text(*.we_have_password))]
     PasswordMismatch { we_have_password: bool },
-    /// We are the responder and the initiator's first handshake message did not
-    /// authenticate under our key.
+    /// We are the initiator and the responder's handshake message (the one that mixes in
+    /// the password) did not authenticate under our key.
     #[error("authentication failed (wrong password?)")]
     AuthenticationFailed,
-    /// We are the initiator and the responder told us our first message did not
-    /// authenticate.
+    /// We are the responder and the initiator told us our handshake message did not
+    /// authenticate under its key.
     #[error("peer rejected our password (wrong password?)")]
     PeerRejectedPassword,
     #[error("malformed handshake message")]
@@ -219,7 +225,8 @@ enum Phase {
     /// Waiting for a Noise message: the responder for message 1, the initiator for 2.
     Noise(Box<HandshakeState>),
     /// Responder only: the handshake has split, waiting for the initiator's first frame,
-    /// which proves it holds the ephemeral key (message 1 alone could be a replay).
+    /// which proves it holds the ephemeral key (message 1 alone could be a replay) and
+    /// the password (message 1 does not involve it). A reject notice may come instead.
     Confirm,
     Established,
     Failed(SessionError),
@@ -260,8 +267,9 @@ impl Session {
     }
 
     /// Feeds bytes read from TCP. On error the session is failed for good: later calls
-    /// return the same error. Bytes may still be queued for transmission (a reject notice
-    /// for a wrong password): drain [`poll_transmit`](Self::poll_transmit) before closing.
+    /// return the same error. Bytes may still be queued for transmission (the initiator's
+    /// reject notice for a wrong password): drain [`poll_transmit`](Self::poll_transmit)
+    /// before closing.
     pub fn handle_input(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
         if let Phase::Failed(error) = &self.phase {
             return Err(error.clone());
@@ -420,7 +428,7 @@ impl Session {
                     let mut message = [0u8; MAX_HANDSHAKE_LEN];
                     let len = handshake
                         .write_message(&[], &mut message)
-                        .expect("NNpsk0 message 1 fits in 256 bytes");
+                        .expect("NNpsk2 message 1 fits in 256 bytes");
                     self.tx.push_back(handshake_record(&message[..len]));
                 }
                 self.phase = Phase::Noise(Box::new(handshake));
@@ -445,8 +453,8 @@ impl Session {
             .parse()
             .expect("NOISE_PATTERN is a valid name");
         let builder = Builder::with_resolver(params, Box::new(SeededResolver { seed: self.seed }))
-            .psk(0, psk)
-            .expect("psk slot 0 is set once")
+            .psk(PSK_POSITION, psk)
+            .expect("the psk slot is set once")
             .prologue(&prologue)
             .expect("prologue is set once");
         match self.role {
@@ -456,8 +464,7 @@ impl Session {
         .expect("the seeded resolver provides every primitive of NOISE_PATTERN")
     }
 
-    /// Reads one handshake record: `u32` length + Noise message; an empty one from the
-    /// responder is its reject notice.
+    /// Reads one handshake record: `u32` length + Noise message.
     fn read_noise(&mut self) -> Result<bool, SessionError> {
         let avail = self.rx.available();
         let Some(len) = read_length(avail) else {
@@ -473,20 +480,21 @@ impl Session {
             unreachable!("read_noise runs in the Noise phase only");
         };
         if message.is_empty() {
-            return Err(match self.role {
-                Role::Initiator => SessionError::PeerRejectedPassword,
-                Role::Responder => SessionError::MalformedHandshake,
-            });
+            // Only the initiator sends reject notices, and only after message 2.
+            return Err(SessionError::MalformedHandshake);
         }
         let mut payload = [0u8; MAX_HANDSHAKE_LEN];
         if let Err(error) = handshake.read_message(message, &mut payload) {
             return Err(match (error, self.role) {
-                (snow::Error::Decrypt, Role::Responder) => {
-                    // Tell the initiator why we hang up, so it does not see a bare EOF.
+                // Message 2 mixes in the password: a wrong one (or tampering) shows here.
+                // Tell the responder why we hang up, so it does not see a bare EOF.
+                (snow::Error::Decrypt, Role::Initiator) => {
                     self.tx.push_back(handshake_record(&[]));
                     SessionError::AuthenticationFailed
                 }
-                (snow::Error::Decrypt, Role::Initiator) => SessionError::AuthenticationFailed,
+                // Message 1's tag is under public values only (prologue and `e`): failing
+                // it means altered bytes or rewritten hellos, not a wrong password.
+                (snow::Error::Decrypt, Role::Responder) => SessionError::Decrypt,
                 _ => SessionError::MalformedHandshake,
             });
         }
@@ -496,10 +504,10 @@ impl Session {
             let mut message = [0u8; MAX_HANDSHAKE_LEN];
             let len = handshake
                 .write_message(&[], &mut message)
-                .expect("NNpsk0 message 2 fits in 256 bytes");
+                .expect("NNpsk2 message 2 fits in 256 bytes");
             self.tx.push_back(handshake_record(&message[..len]));
         }
-        debug_assert!(handshake.is_handshake_finished(), "NNpsk0 has two messages");
+        debug_assert!(handshake.is_handshake_finished(), "NNpsk2 has two messages");
         let keys = derive_keys(handshake);
         let (control_send, control_recv, sleeve) = match self.role {
             Role::Initiator => (
@@ -524,7 +532,8 @@ impl Session {
         match self.role {
             Role::Initiator => {
                 // The confirm frame: an empty payload under our new key. It proves to the
-                // responder that we hold the ephemeral key, not merely a recording.
+                // responder that we hold the ephemeral key (not merely a recording) and
+                // the password, which message 1 says nothing about.
                 let confirm = self.seal(&[])?;
                 self.tx.push_back(confirm);
                 self.establish()?;
@@ -540,6 +549,11 @@ impl Session {
         let Some(body_len) = read_length(avail) else {
             return Ok(false);
         };
+        if body_len == 0 && matches!(self.phase, Phase::Confirm) {
+            // The initiator's reject notice: an empty record, which no encrypted frame
+            // (16-byte tag at least) can be. Its message 2 did not authenticate.
+            return Err(SessionError::PeerRejectedPassword);
+        }
         let overhead = if self.cipher.is_some() { TAG_LEN } else { 0 };
         if body_len > self.max_message_len + overhead {
             return Err(SessionError::MessageTooLarge {

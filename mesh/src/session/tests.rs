@@ -301,22 +301,51 @@ fn wrong_password_is_reported_on_both_sides() {
         pair.a.send(b"secret-a").unwrap();
         pair.b.send(b"secret-b").unwrap();
         pair.drive();
-        assert_eq!(pair.a_error, Some(SessionError::PeerRejectedPassword));
-        assert_eq!(pair.b_error, Some(SessionError::AuthenticationFailed));
+        // The initiator detects it (message 2 does not authenticate) and tells the
+        // responder, which was waiting for the confirm frame.
+        assert_eq!(pair.a_error, Some(SessionError::AuthenticationFailed));
+        assert_eq!(pair.b_error, Some(SessionError::PeerRejectedPassword));
         assert_eq!(
-            pair.a.error().unwrap().to_string(),
-            "peer rejected our password (wrong password?)"
-        );
-        assert_eq!(
-            format!("failed: {}", pair.b.error().unwrap()),
+            format!("failed: {}", pair.a.error().unwrap()),
             "failed: authentication failed (wrong password?)"
         );
+        assert_eq!(
+            pair.b.error().unwrap().to_string(),
+            "peer rejected our password (wrong password?)"
+        );
         assert!(!pair.a.is_established() && !pair.b.is_established());
-        assert_eq!(pair.a.sleeve_keys(), None);
+        assert_eq!((pair.a.sleeve_keys(), pair.b.sleeve_keys()), (None, None));
         assert!(messages(&mut pair.a).is_empty() && messages(&mut pair.b).is_empty());
-        // The responder's reject notice is an empty record, and nothing else follows it.
-        assert_eq!(&pair.wire_ba[8..], &[0, 0, 0, 0]);
+        // Initiator: hello, message 1, then the reject notice (an empty record) and
+        // nothing else. Responder: hello and message 2; its payload stayed held.
+        assert_eq!(pair.wire_ab.len(), HELLO_LEN + 52 + 4);
+        assert_eq!(&pair.wire_ab[HELLO_LEN + 52..], &[0, 0, 0, 0]);
+        assert_eq!(pair.wire_ba.len(), HELLO_LEN + 52);
+        assert!(!contains(&pair.wire_ab, b"secret-a"));
+        assert!(!contains(&pair.wire_ba, b"secret-b"));
     }
+}
+
+#[test]
+fn first_message_does_not_depend_on_the_password() {
+    // With psk2 the password enters only after `ee`: message 1 is the same whatever the
+    // password, so a recording of it cannot be tested against guesses. Message 2 is
+    // where the password shows (and what an initiating attacker can test guesses on).
+    let run = |psk: [u8; 32]| {
+        let mut pair = Pair::new(&with_psk(psk), &with_psk(psk), 21);
+        pair.drive();
+        assert!(pair.a.is_established() && pair.b.is_established());
+        let msg1 = pair.wire_ab[HELLO_LEN..HELLO_LEN + 52].to_vec();
+        let msg2 = pair.wire_ba[HELLO_LEN..HELLO_LEN + 52].to_vec();
+        (msg1, msg2)
+    };
+    let (a1, a2) = run(PSK_A);
+    let (b1, b2) = run(PSK_B);
+    assert_eq!(a1, b1);
+    assert_ne!(a2, b2);
+    // The responder's ephemeral key (first 32 bytes after the prefix) is the same: only
+    // the tag, under a key that mixes in the password, differs.
+    assert_eq!(a2[..LENGTH_PREFIX_LEN + 32], b2[..LENGTH_PREFIX_LEN + 32]);
 }
 
 #[test]
@@ -379,22 +408,20 @@ fn exchange_hellos(a: &mut Session, b: &mut Session) -> Vec<u8> {
 
 #[test]
 fn tampered_handshake_messages_fail() {
-    // Message 1: the responder cannot authenticate it, so it rejects.
-    let mut a = Session::new(&with_psk(PSK_A), Role::Initiator, [1; 32]);
-    let mut b = Session::new(&with_psk(PSK_A), Role::Responder, [2; 32]);
-    let mut msg1 = exchange_hellos(&mut a, &mut b);
-    msg1[20] ^= 0x80;
-    assert_eq!(
-        b.handle_input(&msg1),
-        Err(SessionError::AuthenticationFailed)
-    );
-    let reject = b.poll_transmit().unwrap();
-    assert_eq!(
-        a.handle_input(&reject),
-        Err(SessionError::PeerRejectedPassword)
-    );
+    // Message 1: its tag is under public values only, so a failure means tampering, not
+    // a wrong password; the responder hangs up without a reject notice.
+    for index in [LENGTH_PREFIX_LEN, 20, LENGTH_PREFIX_LEN + 47] {
+        let mut a = Session::new(&with_psk(PSK_A), Role::Initiator, [1; 32]);
+        let mut b = Session::new(&with_psk(PSK_A), Role::Responder, [2; 32]);
+        let mut msg1 = exchange_hellos(&mut a, &mut b);
+        msg1[index] ^= 0x80;
+        assert_eq!(b.handle_input(&msg1), Err(SessionError::Decrypt), "{index}");
+        assert_eq!(b.poll_transmit(), None);
+        assert_eq!(b.sleeve_keys(), None);
+    }
 
-    // Message 2: the initiator cannot authenticate it.
+    // Message 2: the initiator cannot authenticate it. That is what a wrong password
+    // looks like too, so it says so and sends the reject notice.
     let mut a = Session::new(&with_psk(PSK_A), Role::Initiator, [1; 32]);
     let mut b = Session::new(&with_psk(PSK_A), Role::Responder, [2; 32]);
     let msg1 = exchange_hellos(&mut a, &mut b);
@@ -407,6 +434,24 @@ fn tampered_handshake_messages_fail() {
         a.handle_input(&msg2),
         Err(SessionError::AuthenticationFailed)
     );
+    let reject = a.poll_transmit().unwrap();
+    assert_eq!(reject, vec![0, 0, 0, 0]);
+    assert_eq!(a.poll_transmit(), None, "no confirm frame after a failure");
+    assert_eq!(
+        b.handle_input(&reject),
+        Err(SessionError::PeerRejectedPassword)
+    );
+    assert!(!b.is_established());
+
+    // The responder sends no reject notices: an empty record in its place is malformed.
+    let mut a = Session::new(&with_psk(PSK_A), Role::Initiator, [1; 32]);
+    let mut b = Session::new(&with_psk(PSK_A), Role::Responder, [2; 32]);
+    exchange_hellos(&mut a, &mut b);
+    assert_eq!(
+        a.handle_input(&[0, 0, 0, 0]),
+        Err(SessionError::MalformedHandshake)
+    );
+    assert_eq!(a.poll_transmit(), None);
 
     // An oversized handshake record is refused before it is buffered.
     let mut a = Session::new(&with_psk(PSK_A), Role::Initiator, [1; 32]);
@@ -437,11 +482,9 @@ fn version_downgrade_by_a_man_in_the_middle_breaks_the_handshake() {
     b.handle_input(&a_hello).unwrap();
     a.handle_input(&b_hello).unwrap();
     assert_eq!((a.version(), b.version()), (Some(3), Some(4)));
+    // Message 1's tag covers the prologue, so the responder notices at once.
     let msg1 = a.poll_transmit().unwrap();
-    assert_eq!(
-        b.handle_input(&msg1),
-        Err(SessionError::AuthenticationFailed)
-    );
+    assert_eq!(b.handle_input(&msg1), Err(SessionError::Decrypt));
 }
 
 #[test]
@@ -522,6 +565,10 @@ fn encrypted_body_shorter_than_a_tag_fails() {
         pair.b.handle_input(&[0, 0, 0, 5, 1, 2, 3, 4, 5]),
         Err(SessionError::Decrypt)
     );
+    // Once established, an empty record is no reject notice, just a forged frame.
+    for session in [&mut pair.a, &mut Pair::established(&with_psk(PSK_A), 17).b] {
+        assert_eq!(session.handle_input(&[0; 4]), Err(SessionError::Decrypt));
+    }
 }
 
 #[test]

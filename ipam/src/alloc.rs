@@ -407,7 +407,10 @@ impl Ipam {
 
     /// Whether we are still re-learning our state after a start without saved data.
     pub fn is_reclaiming(&self) -> bool {
-        self.fresh.as_ref().is_some_and(Verify::busy)
+        // Without a ring a fresh peer has not even started re-learning.
+        self.fresh
+            .as_ref()
+            .is_some_and(|v| v.busy() || self.ring.is_none())
     }
 
     /// Addresses recorded here as `(address, identity)`, including claims in progress.

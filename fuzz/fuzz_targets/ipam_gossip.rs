@@ -60,7 +60,9 @@ fn run(data: &[u8]) {
                 let mut msg = if kind % 8 == 4 {
                     producer.complete()
                 } else {
-                    producer.missing(&ipam.digest()).unwrap_or_else(|| producer.complete())
+                    producer
+                        .missing(&ipam.digest())
+                        .unwrap_or_else(|| producer.complete())
                 };
                 for pair in body.chunks_exact(2) {
                     if !msg.is_empty() {
@@ -106,7 +108,10 @@ fn check(ipam: &mut Ipam, range: Cidr) {
     while ipam.poll_event().is_some() {}
     let ranges = ipam.ring_ranges();
     let covered: u64 = ranges.iter().map(|r| r.1).sum();
-    assert!(ranges.is_empty() || covered == range.size(), "ring covers {covered}");
+    assert!(
+        ranges.is_empty() || covered == range.size(),
+        "ring covers {covered}"
+    );
     let mut end = 0u64;
     for (start, size) in ipam.owned_ranges() {
         let s = u64::from(u32::from(start));

@@ -88,8 +88,44 @@ fn main() {
 }
 
 fn converge(sim: &mut Sim, phase: &str) -> Duration {
+    let wall = WallClock::now();
     let took = sim.run_until_true(Duration::from_secs(1800), Duration::from_millis(250), |s| {
-        s.connection_components().len() == 1 && s.check_converged().is_ok()
+        // Cheap first: every peer's digest hash is the same once they agree.
+        let running = s.running();
+        let first = s.mesh(running[0]).topology().digest_hash();
+        if std::env::var_os("MESH_PROGRESS").is_some() {
+            let same = running
+                .iter()
+                .filter(|h| s.mesh(**h).topology().digest_hash() == first)
+                .count();
+            eprintln!(
+                "{phase}: {:?} virtual, {:.1?} wall, {same}/{} agree with peer 0",
+                s.elapsed(),
+                wall.elapsed(),
+                running.len()
+            );
+            if same + 2 >= running.len() && same < running.len() {
+                let base = s.mesh(running[0]).topology().digest();
+                for h in &running {
+                    let d = s.mesh(*h).topology().digest();
+                    if d != base {
+                        let mine: std::collections::BTreeSet<_> = d.records.iter().collect();
+                        let theirs: std::collections::BTreeSet<_> = base.records.iter().collect();
+                        let only_here: Vec<_> = mine.difference(&theirs).collect();
+                        let only_base: Vec<_> = theirs.difference(&mine).collect();
+                        eprintln!(
+                            "  host {h} ({}) differs: has {only_here:?}; peer 0 has {only_base:?}",
+                            s.name_of(*h)
+                        );
+                    }
+                }
+            }
+        }
+        running
+            .iter()
+            .all(|h| s.mesh(*h).topology().digest_hash() == first)
+            && s.connection_components().len() == 1
+            && s.check_converged().is_ok()
     });
     took.unwrap_or_else(|| panic!("{phase}: no convergence: {:?}", sim.check_converged()))
 }

@@ -80,7 +80,17 @@ impl Backoff {
 #[derive(Debug, Default)]
 pub struct Targets {
     targets: BTreeMap<String, Target>,
+    /// Waiting targets by due time: direct ones, then discovered ones (so finding the
+    /// next due target does not scan hundreds of discovered addresses).
+    waiting: [BTreeSet<(Instant, String)>; 2],
     pub backoff: Backoff,
+}
+
+fn slot(origin: Origin) -> usize {
+    match origin {
+        Origin::Direct => 0,
+        Origin::Discovered => 1,
+    }
 }
 
 impl Targets {
@@ -100,26 +110,61 @@ impl Targets {
             .map(|(k, _)| k)
     }
 
+    /// Changes a target through `change`, keeping the waiting index in step.
+    fn update(&mut self, key: &str, change: impl FnOnce(&mut Target)) {
+        let Some(target) = self.targets.get_mut(key) else {
+            return;
+        };
+        if let TargetState::Waiting { at } = target.state {
+            self.waiting[slot(target.origin)].remove(&(at, key.to_owned()));
+        }
+        change(target);
+        if let TargetState::Waiting { at } = target.state {
+            self.waiting[slot(target.origin)].insert((at, key.to_owned()));
+        }
+    }
+
+    fn insert(&mut self, key: String, target: Target) {
+        if let TargetState::Waiting { at } = target.state {
+            self.waiting[slot(target.origin)].insert((at, key.clone()));
+        }
+        self.targets.insert(key, target);
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(target) = self.targets.remove(key) {
+            if let TargetState::Waiting { at } = target.state {
+                self.waiting[slot(target.origin)].remove(&(at, key.to_owned()));
+            }
+        }
+    }
+
     /// Adds (or promotes to direct) a user target, due now.
     pub fn add_direct(&mut self, key: String, now: Instant) {
-        let target = self.targets.entry(key).or_insert(Target {
+        if self.targets.contains_key(&key) {
+            self.update(&key, |target| {
+                target.origin = Origin::Direct;
+                if let TargetState::Waiting { at } = &mut target.state {
+                    *at = now;
+                }
+            });
+            return;
+        }
+        let target = Target {
             origin: Origin::Direct,
             state: TargetState::Waiting { at: now },
             attempts: 0,
             last_error: None,
             peer: None,
-        });
-        target.origin = Origin::Direct;
-        if let TargetState::Waiting { at } = &mut target.state {
-            *at = now;
-        }
+        };
+        self.insert(key, target);
     }
 
     /// Forgets a user target. A connection it made stays up; it is just not retried.
     pub fn forget(&mut self, key: &str) -> bool {
         match self.targets.get(key) {
             Some(t) if t.origin == Origin::Direct => {
-                self.targets.remove(key);
+                self.remove(key);
                 true
             }
             _ => false,
@@ -128,61 +173,71 @@ impl Targets {
 
     /// Replaces the discovered targets with `addresses`; keeps those being dialled or
     /// connected so their outcome is still recorded.
-    pub fn set_discovered(&mut self, addresses: BTreeSet<String>, now: Instant) {
-        self.targets.retain(|key, target| {
-            target.origin == Origin::Direct
-                || addresses.contains(key)
-                || matches!(
-                    target.state,
-                    TargetState::Connecting | TargetState::Connected | TargetState::Stopped
-                )
-        });
+    pub fn set_discovered(&mut self, addresses: &BTreeSet<String>, now: Instant) {
+        let stale: Vec<String> = self
+            .targets
+            .iter()
+            .filter(|(key, target)| {
+                target.origin == Origin::Discovered
+                    && !addresses.contains(*key)
+                    && matches!(target.state, TargetState::Waiting { .. })
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            self.remove(&key);
+        }
         for key in addresses {
-            self.targets.entry(key).or_insert(Target {
-                origin: Origin::Discovered,
-                state: TargetState::Waiting { at: now },
-                attempts: 0,
-                last_error: None,
-                peer: None,
-            });
+            if !self.targets.contains_key(key) {
+                let target = Target {
+                    origin: Origin::Discovered,
+                    state: TargetState::Waiting { at: now },
+                    attempts: 0,
+                    last_error: None,
+                    peer: None,
+                };
+                self.insert(key.clone(), target);
+            }
         }
     }
 
     /// Targets due for a dial now; `allow_discovered` is false at the connection limit.
     /// Marks them connecting.
     pub fn due(&mut self, now: Instant, allow_discovered: bool) -> Vec<String> {
+        let slots: &[usize] = if allow_discovered { &[0, 1] } else { &[0] };
         let mut due = Vec::new();
-        for (key, target) in &mut self.targets {
-            let ready = matches!(target.state, TargetState::Waiting { at } if at <= now);
-            if ready && (allow_discovered || target.origin == Origin::Direct) {
-                target.state = TargetState::Connecting;
-                due.push(key.clone());
-            }
+        for &slot in slots {
+            due.extend(
+                self.waiting[slot]
+                    .iter()
+                    .take_while(|(at, _)| *at <= now)
+                    .map(|(_, key)| key.clone()),
+            );
+        }
+        for key in &due {
+            self.update(key, |target| target.state = TargetState::Connecting);
         }
         due
     }
 
     /// When the next target is due; discovered ones count only if `allow_discovered`.
     pub fn next_due(&self, allow_discovered: bool) -> Option<Instant> {
-        self.targets
-            .values()
-            .filter(|t| allow_discovered || t.origin == Origin::Direct)
-            .filter_map(|t| match t.state {
-                TargetState::Waiting { at } => Some(at),
-                _ => None,
-            })
-            .min()
+        let direct = self.waiting[0].first().map(|(at, _)| *at);
+        let discovered = allow_discovered
+            .then(|| self.waiting[1].first().map(|(at, _)| *at))
+            .flatten();
+        direct.into_iter().chain(discovered).min()
     }
 
     /// The target led to `peer`, which we are now connected to (through this dial or
     /// another connection that won a duplicate tie-break).
     pub fn connected(&mut self, key: &str, peer: PeerName) {
-        if let Some(target) = self.targets.get_mut(key) {
+        self.update(key, |target| {
             target.state = TargetState::Connected;
             target.last_error = None;
             target.attempts = 0;
             target.peer = Some(peer);
-        }
+        });
     }
 
     /// Our connection to `peer` ended: every target satisfied by it waits for a retry.
@@ -221,32 +276,32 @@ impl Targets {
         now: Instant,
         random: u64,
     ) {
-        let Some(target) = self.targets.get_mut(key) else {
-            return;
-        };
-        if target.state == TargetState::Stopped {
-            return;
-        }
-        if lived.is_some_and(|lived| lived >= self.backoff.healthy_after) {
-            target.attempts = 0;
-        }
-        target.attempts += 1;
-        let delay = if target.attempts == 1 && lived.is_some() {
-            // It was working: try again soon, with jitter so peers do not stampede.
-            Duration::from_millis(random % 1000)
-        } else {
-            self.backoff.delay(target.attempts, random)
-        };
-        target.state = TargetState::Waiting { at: now + delay };
-        target.last_error = Some(error);
+        let backoff = self.backoff;
+        self.update(key, |target| {
+            if target.state == TargetState::Stopped {
+                return;
+            }
+            if lived.is_some_and(|lived| lived >= backoff.healthy_after) {
+                target.attempts = 0;
+            }
+            target.attempts += 1;
+            let delay = if target.attempts == 1 && lived.is_some() {
+                // It was working: try again soon, with jitter so peers do not stampede.
+                Duration::from_millis(random % 1000)
+            } else {
+                backoff.delay(target.attempts, random)
+            };
+            target.state = TargetState::Waiting { at: now + delay };
+            target.last_error = Some(error);
+        });
     }
 
     /// Never dial this target again (ourselves, or a name collision).
     pub fn stop(&mut self, key: &str, reason: String) {
-        if let Some(target) = self.targets.get_mut(key) {
+        self.update(key, |target| {
             target.state = TargetState::Stopped;
             target.last_error = Some(reason);
-        }
+        });
     }
 }
 
@@ -362,12 +417,12 @@ mod tests {
     fn discovered_targets_come_and_go() {
         let now = Instant::now();
         let mut targets = Targets::default();
-        targets.set_discovered(["192.0.2.5:6783".to_string()].into(), now);
+        targets.set_discovered(&["192.0.2.5:6783".to_string()].into(), now);
         assert!(
             targets.due(now, false).is_empty(),
             "at the connection limit"
         );
-        targets.set_discovered(BTreeSet::new(), now);
+        targets.set_discovered(&BTreeSet::new(), now);
         assert!(targets.get("192.0.2.5:6783").is_none());
     }
 }

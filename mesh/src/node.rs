@@ -59,7 +59,8 @@ pub struct MeshConfig {
     /// A connection silent for this long is closed.
     pub liveness_timeout: Duration,
     pub handshake_timeout: Duration,
-    /// Periodic anti-entropy with one random neighbour.
+    /// Periodic anti-entropy with one random neighbour (a hash in steady state, so it
+    /// can be frequent).
     pub gossip_interval: Duration,
     /// Our own topology changes are batched for this long before they are broadcast.
     pub topology_flush_delay: Duration,
@@ -90,7 +91,7 @@ impl MeshConfig {
             heartbeat_interval: Duration::from_secs(10),
             liveness_timeout: Duration::from_secs(35),
             handshake_timeout: Duration::from_secs(10),
-            gossip_interval: Duration::from_secs(30),
+            gossip_interval: Duration::from_secs(5),
             topology_flush_delay: Duration::from_millis(50),
             recalc_delay: Duration::from_millis(50),
             gc_grace: Duration::from_secs(5),
@@ -208,6 +209,8 @@ pub struct Mesh {
     /// when we will next.
     last_urgent_sync: Option<Instant>,
     urgent_sync_at: Option<Instant>,
+    /// The discovered addresses last handed to the targets.
+    discovered: BTreeSet<SocketAddr>,
     rng: ChaCha8Rng,
     transmits: VecDeque<(ConnId, Vec<u8>)>,
     actions: VecDeque<Action>,
@@ -250,6 +253,7 @@ impl Mesh {
             unreachable_since: BTreeMap::new(),
             last_urgent_sync: None,
             urgent_sync_at: None,
+            discovered: BTreeSet::new(),
             rng,
             transmits: VecDeque::new(),
             actions: VecDeque::new(),
@@ -823,10 +827,13 @@ impl Mesh {
                 }
             }
             Message::TopologyBroadcast { origin, delta } => {
-                let novel = self.topology.merge(&delta);
+                // Relay only what was new to us: that stops loops when views (and so
+                // trees) differ; what a subtree misses, anti-entropy repairs.
+                let relay = self.topology.merge(&delta);
+                self.pull_gaps(conn_id, &delta);
                 self.after_topology_merge();
-                if !novel.is_empty() {
-                    self.broadcast_topology(origin, novel, Some(from));
+                if !relay.is_empty() {
+                    self.broadcast_topology(origin, relay, Some(from));
                 }
             }
             Message::TopologyDigest { digest, reply } => {
@@ -1107,6 +1114,9 @@ impl Mesh {
 
     fn merge_topology_repair(&mut self, delta: TopologyDelta, from: PeerName) {
         let novel = self.topology.merge(&delta);
+        if let Some(&conn) = self.by_peer.get(&from) {
+            self.pull_gaps(conn, &delta);
+        }
         self.after_topology_merge();
         if novel.is_empty() {
             return;
@@ -1120,6 +1130,16 @@ impl Mesh {
             if peer != from {
                 self.send(conn, &message);
             }
+        }
+    }
+
+    /// A delta skipped versions we never saw (lost to a broadcast tree that changed under
+    /// it): ask the neighbour that sent it for the rest at once, rather than waiting for
+    /// periodic anti-entropy.
+    fn pull_gaps(&mut self, conn_id: ConnId, delta: &TopologyDelta) {
+        let gaps = self.topology.gaps(delta);
+        if !gaps.is_empty() {
+            self.send(conn_id, &Message::TopologyPull { records: gaps });
         }
     }
 
@@ -1156,7 +1176,7 @@ impl Mesh {
     /// for longer than the grace period, and refreshes discovered targets.
     fn recalculate(&mut self) {
         let now = self.now;
-        let reachable = self.topology.reachable();
+        let reachable = self.routes.reachable(&self.topology, RouteKind::Gossip);
         for record in self.topology.records() {
             if !reachable.contains(&record.name) {
                 self.unreachable_since.entry(record.name).or_insert(now);
@@ -1170,7 +1190,7 @@ impl Mesh {
             .filter(|(_, since)| **since + self.config.gc_grace > now)
             .map(|(name, _)| *name)
             .collect();
-        for gone in self.topology.remove_unreachable(&keep) {
+        for gone in self.topology.remove_unreachable(&reachable, &keep) {
             self.unreachable_since.remove(&gone);
         }
         let live: BTreeMap<PeerName, PeerSummary> = self
@@ -1222,13 +1242,19 @@ impl Mesh {
             }
         }
         if self.config.discovery {
+            // Formatting every address on every recalculation showed up in profiles at
+            // a thousand peers: only touch the targets when the set changed.
             let addresses = self.discovered_addresses();
-            self.targets.set_discovered(addresses, now);
+            if addresses != self.discovered {
+                let keys: BTreeSet<String> = addresses.iter().map(SocketAddr::to_string).collect();
+                self.targets.set_discovered(&keys, now);
+                self.discovered = addresses;
+            }
         }
     }
 
     /// Addresses at which other peers reach peers we have no connection to.
-    fn discovered_addresses(&self) -> BTreeSet<String> {
+    fn discovered_addresses(&self) -> BTreeSet<SocketAddr> {
         let mut addresses = BTreeSet::new();
         for record in self.topology.records() {
             for (remote, info) in record.connections() {
@@ -1236,14 +1262,15 @@ impl Mesh {
                     continue;
                 }
                 if let Some(addr) = info.addr {
-                    addresses.insert(addr.to_string());
+                    addresses.insert(addr);
                 }
             }
         }
         addresses
     }
 
-    /// Periodic anti-entropy with one random neighbour, on every channel.
+    /// Periodic anti-entropy with one random neighbour (a hash in steady state, so it
+    /// can be frequent). on every channel.
     fn anti_entropy_round(&mut self) {
         if self.by_peer.is_empty() {
             return;

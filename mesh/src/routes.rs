@@ -9,7 +9,7 @@
 //! An edge counts only if both ends report the connection. Data (frames) uses only edges
 //! both ends call established (the UDP path works both ways); gossip uses all of them.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::peer::PeerName;
 use crate::topology::Topology;
@@ -23,10 +23,66 @@ pub enum RouteKind {
     Gossip,
 }
 
+/// The usable connections of one kind, as an adjacency list indexed by position in name
+/// order, built once per topology epoch so each search is a plain array walk.
+#[derive(Debug, Default)]
+struct Graph {
+    names: Vec<PeerName>,
+    index: BTreeMap<PeerName, usize>,
+    /// Neighbours of each peer, in name order.
+    adjacency: Vec<Vec<usize>>,
+}
+
+impl Graph {
+    fn build(topology: &Topology, kind: RouteKind) -> Self {
+        let names: Vec<PeerName> = topology.records().map(|r| r.name).collect();
+        let index: BTreeMap<PeerName, usize> =
+            names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let adjacency = topology
+            .records()
+            .map(|record| {
+                record
+                    .connections()
+                    .filter(|(remote, _)| usable(topology, kind, record.name, *remote))
+                    .filter_map(|(remote, _)| index.get(&remote).copied())
+                    .collect()
+            })
+            .collect();
+        Self {
+            names,
+            index,
+            adjacency,
+        }
+    }
+
+    /// Breadth-first search from `root` in the deterministic order; every reached peer
+    /// but the root with the peer that discovered it, in discovery order.
+    fn search(&self, root: PeerName) -> Vec<(usize, usize)> {
+        let mut discovered = Vec::new();
+        let Some(&root) = self.index.get(&root) else {
+            return discovered;
+        };
+        let mut seen = vec![false; self.names.len()];
+        seen[root] = true;
+        let mut queue = VecDeque::from([root]);
+        while let Some(peer) = queue.pop_front() {
+            for &remote in &self.adjacency[peer] {
+                if !seen[remote] {
+                    seen[remote] = true;
+                    discovered.push((remote, peer));
+                    queue.push_back(remote);
+                }
+            }
+        }
+        discovered
+    }
+}
+
 /// Routes as of one topology epoch, computed lazily and cached.
 #[derive(Debug, Default)]
 pub struct Routes {
     epoch: Option<u64>,
+    graphs: BTreeMap<RouteKind, Graph>,
     unicast: BTreeMap<RouteKind, BTreeMap<PeerName, PeerName>>,
     broadcast: BTreeMap<(RouteKind, PeerName), Vec<PeerName>>,
 }
@@ -36,9 +92,30 @@ impl Routes {
     fn refresh(&mut self, topology: &Topology) {
         if self.epoch != Some(topology.epoch()) {
             self.epoch = Some(topology.epoch());
+            self.graphs.clear();
             self.unicast.clear();
             self.broadcast.clear();
         }
+    }
+
+    fn graph(&mut self, topology: &Topology, kind: RouteKind) -> &Graph {
+        self.refresh(topology);
+        self.graphs
+            .entry(kind)
+            .or_insert_with(|| Graph::build(topology, kind))
+    }
+
+    /// Peers reachable from us over `kind` connections, ourselves included.
+    pub fn reachable(&mut self, topology: &Topology, kind: RouteKind) -> BTreeSet<PeerName> {
+        let local = topology.local();
+        let graph = self.graph(topology, kind);
+        let mut reached: BTreeSet<PeerName> = graph
+            .search(local)
+            .into_iter()
+            .map(|(peer, _)| graph.names[peer])
+            .collect();
+        reached.insert(local);
+        reached
     }
 
     /// The neighbour through which to reach `dst`, if it is reachable.
@@ -57,19 +134,22 @@ impl Routes {
         topology: &Topology,
         kind: RouteKind,
     ) -> &BTreeMap<PeerName, PeerName> {
-        self.refresh(topology);
+        self.graph(topology, kind);
+        let graph = &self.graphs[&kind];
         self.unicast.entry(kind).or_insert_with(|| {
             let local = topology.local();
-            let mut first_hop: BTreeMap<PeerName, PeerName> = BTreeMap::new();
-            for (peer, parent) in search(topology, kind, local) {
-                let hop = if parent == local {
+            let mut first_hop = vec![usize::MAX; graph.names.len()];
+            let mut table = BTreeMap::new();
+            for (peer, parent) in graph.search(local) {
+                let hop = if graph.names[parent] == local {
                     peer
                 } else {
-                    first_hop[&parent]
+                    first_hop[parent]
                 };
-                first_hop.insert(peer, hop);
+                first_hop[peer] = hop;
+                table.insert(graph.names[peer], graph.names[hop]);
             }
-            first_hop
+            table
         })
     }
 
@@ -81,13 +161,18 @@ impl Routes {
         kind: RouteKind,
         origin: PeerName,
     ) -> &[PeerName] {
-        self.refresh(topology);
+        self.graph(topology, kind);
+        let graph = &self.graphs[&kind];
         let local = topology.local();
         self.broadcast.entry((kind, origin)).or_insert_with(|| {
-            search(topology, kind, origin)
+            let Some(&me) = graph.index.get(&local) else {
+                return Vec::new();
+            };
+            graph
+                .search(origin)
                 .into_iter()
-                .filter(|(_, parent)| *parent == local)
-                .map(|(peer, _)| peer)
+                .filter(|(_, parent)| *parent == me)
+                .map(|(peer, _)| graph.names[peer])
                 .collect()
         })
     }
@@ -104,33 +189,8 @@ pub fn usable(topology: &Topology, kind: RouteKind, from: PeerName, to: PeerName
     }
 }
 
-/// Breadth-first search from `root` in the deterministic order; returns every reached
-/// peer but the root with the peer that discovered it, in discovery order.
-fn search(topology: &Topology, kind: RouteKind, root: PeerName) -> Vec<(PeerName, PeerName)> {
-    let mut discovered = Vec::new();
-    let Some(_) = topology.record(root) else {
-        return discovered;
-    };
-    let mut seen = std::collections::BTreeSet::from([root]);
-    let mut queue = VecDeque::from([root]);
-    while let Some(peer) = queue.pop_front() {
-        let Some(record) = topology.record(peer) else {
-            continue;
-        };
-        for (remote, _) in record.connections() {
-            if !seen.contains(&remote) && usable(topology, kind, peer, remote) {
-                seen.insert(remote);
-                discovered.push((remote, peer));
-                queue.push_back(remote);
-            }
-        }
-    }
-    discovered
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
     use std::net::SocketAddr;
 
     use proptest::prelude::*;

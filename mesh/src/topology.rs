@@ -370,6 +370,18 @@ impl Topology {
         TopologyDelta { records }
     }
 
+    /// Records of `delta` that left us with a gap (we hold changes above our watermark
+    /// but not all below): a pull request for the rest.
+    pub fn gaps(&self, delta: &TopologyDelta) -> Vec<(PeerName, Incarnation, u64)> {
+        delta
+            .records
+            .iter()
+            .filter_map(|r| self.records.get(&r.name))
+            .filter(|ours| !ours.received.is_empty())
+            .map(|ours| (ours.name, ours.incarnation, ours.watermark))
+            .collect()
+    }
+
     /// The (name, incarnation, watermark) of each record in `delta`, as we now hold them.
     pub fn announcement(&self, delta: &TopologyDelta) -> Vec<(PeerName, Incarnation, u64)> {
         delta
@@ -443,10 +455,12 @@ impl Topology {
         }
     }
 
-    /// Drops records of peers we cannot reach (over connections both ends report) and
-    /// that are not `keep`; returns their names.
-    pub fn remove_unreachable(&mut self, keep: &BTreeSet<PeerName>) -> Vec<PeerName> {
-        let reachable = self.reachable();
+    /// Drops records of peers not in `reachable` and not in `keep`; returns their names.
+    pub fn remove_unreachable(
+        &mut self,
+        reachable: &BTreeSet<PeerName>,
+        keep: &BTreeSet<PeerName>,
+    ) -> Vec<PeerName> {
         let gone: Vec<PeerName> = self
             .records
             .keys()
@@ -744,7 +758,11 @@ mod tests {
         assert_eq!(a.reachable().len(), 3);
         b.set_local_connection(name(3), None);
         a.merge(&b.take_local_delta().unwrap());
-        assert_eq!(a.remove_unreachable(&BTreeSet::new()), vec![name(3)]);
+        let reachable = a.reachable();
+        assert_eq!(
+            a.remove_unreachable(&reachable, &BTreeSet::new()),
+            vec![name(3)]
+        );
         assert!(a.record(name(3)).is_none());
     }
 

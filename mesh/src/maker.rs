@@ -132,10 +132,13 @@ impl Targets {
     }
 
     fn remove(&mut self, key: &str) {
-        if let Some(target) = self.targets.remove(key) {
-            if let TargetState::Waiting { at } = target.state {
-                self.waiting[slot(target.origin)].remove(&(at, key.to_owned()));
-            }
+        if let Some(Target {
+            state: TargetState::Waiting { at },
+            origin,
+            ..
+        }) = self.targets.remove(key)
+        {
+            self.waiting[slot(origin)].remove(&(at, key.to_owned()));
         }
     }
 

@@ -6,7 +6,9 @@
 //! - [`sleeve`]: the wire format of UDP datagrams between peers (several tagged
 //!   Ethernet frames per datagram, or a heartbeat / PMTU control message), sealed with
 //!   ChaCha20-Poly1305 under per-direction keys, with a replay window. Encoding and
-//!   decoding work in caller buffers without allocating.
+//!   decoding work in caller buffers without allocating. The AEAD is `ring`'s, not
+//!   RustCrypto's `chacha20poly1305` (the mesh's control session uses that one): same
+//!   RFC 8439 bytes, 3.5-4× faster on sleeve datagrams here (see `sleeve::crypto`).
 //! - [`forward`]: the switch. [`Forwarder`] learns MACs from frames, takes routes as a
 //!   [`RouteSnapshot`] built from the mesh, and decides for each frame which peers get
 //!   a copy with which tag and whether to inject it into the TAP. It counts what it

@@ -647,3 +647,50 @@ proptest! {
         }
     }
 }
+
+/// The sleeve's AEAD (ring) and an independent RFC 8439 implementation (RustCrypto's,
+/// which the control session uses) agree on the wire: nonce layout, AAD and tag.
+#[test]
+fn sealed_datagrams_match_an_independent_chacha20poly1305() {
+    use chacha20poly1305::aead::AeadInOut;
+    use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce, Tag};
+
+    let (ka, _) = keys();
+    let (mut send, _) = split(&ka);
+    send.reserve().unwrap();
+    let frames = sample_frames();
+    let mut dg = build(&frames, Some(&mut send));
+    let aead = ChaCha20Poly1305::new(&Key::from(ka.send));
+    let body_end = dg.len() - TAG_LEN;
+    let (head, rest) = dg.split_at_mut(SEALED_HEADER_LEN);
+    let (body, tag) = rest.split_at_mut(body_end - SEALED_HEADER_LEN);
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&head[7..15]);
+    assert_eq!(&head[7..15], &1u64.to_be_bytes());
+    let tag = Tag::try_from(&*tag).unwrap();
+    aead.decrypt_inout_detached(&Nonce::from(nonce), head, body.into(), &tag)
+        .expect("RustCrypto opens what ring sealed");
+    let clear = build(&frames, None);
+    assert_eq!(&body[..], &clear[CLEAR_HEADER_LEN..]);
+
+    // And the other way round: RustCrypto seals, the sleeve opens.
+    let (_, kb_recv) = split(&SleeveKeys {
+        send: [0; 32],
+        recv: ka.send,
+    });
+    let mut recv = kb_recv;
+    let mut dg2 = vec![0u8; SEALED_HEADER_LEN];
+    dg2[0] = Header::first_byte(Kind::Frames, Protection::Sealed);
+    dg2[1..7].copy_from_slice(&A.to_bytes());
+    dg2[7..15].copy_from_slice(&5u64.to_be_bytes());
+    dg2.extend_from_slice(&clear[CLEAR_HEADER_LEN..]);
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&5u64.to_be_bytes());
+    let (head, body) = dg2.split_at_mut(SEALED_HEADER_LEN);
+    let tag = aead
+        .encrypt_inout_detached(&Nonce::from(nonce), head, body.into())
+        .unwrap();
+    dg2.extend_from_slice(&tag);
+    let opened = open(&mut dg2, Some(&mut recv)).expect("the sleeve opens RustCrypto's seal");
+    assert_eq!(frames_of(opened), frames);
+}

@@ -17,6 +17,7 @@
 
 use std::fmt::Write;
 
+use crate::control::PsEntry;
 use crate::report::{ConnectionReport, Report, RouterReport};
 
 /// Connection states in the order Weave lists their counts.
@@ -105,6 +106,21 @@ pub(crate) fn render_peers(report: &Report) -> String {
             out.push_str(text.trim_end());
             out.push('\n');
         }
+    }
+    out
+}
+
+/// `weave ps`: `<id> <mac> <ip/len>...` per line, `weave:expose` (the bridge's MAC and
+/// the host's addresses) first, as Weave printed it.
+pub(crate) fn render_ps(entries: &[PsEntry]) -> String {
+    let mut out = String::new();
+    for entry in entries {
+        let mut text = format!("{} {}", entry.id, entry.mac);
+        for addr in &entry.addrs {
+            write!(text, " {addr}").expect("writing to a String cannot fail");
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
     }
     out
 }
@@ -443,5 +459,33 @@ mod tests {
         assert_eq!(duration(60), "1m0s");
         assert_eq!(duration(360), "6m0s");
         assert_eq!(duration(7322), "2h2m2s");
+    }
+
+    #[test]
+    fn ps_view() {
+        let entry = |id: &str, mac: &str, addrs: &[&str]| PsEntry {
+            id: id.to_owned(),
+            mac: mac.to_owned(),
+            addrs: addrs.iter().map(|a| a.parse().expect("literal")).collect(),
+            name: None,
+            target: String::new(),
+            interface: String::new(),
+        };
+        let text = render_ps(&[
+            entry("weave:expose", "7a:c4:8b:a1:e6:ad", &[]),
+            entry("b07565b06c53", "ae:e3:07:9c:8c:d4", &["198.18.0.3/15"]),
+            entry(
+                "web",
+                "ce:15:34:a9:b5:6d",
+                &["198.18.0.1/15", "198.19.0.1/16"],
+            ),
+        ]);
+        assert_eq!(
+            text,
+            "weave:expose 7a:c4:8b:a1:e6:ad\n\
+             b07565b06c53 ae:e3:07:9c:8c:d4 198.18.0.3/15\n\
+             web ce:15:34:a9:b5:6d 198.18.0.1/15 198.19.0.1/16\n"
+        );
+        assert_eq!(render_ps(&[]), "");
     }
 }

@@ -18,6 +18,7 @@ use weave_mesh::session::derive_psk;
 use weave_mesh::{Action, ConnId, Event, Mesh, MeshConfig, PeerName};
 
 use super::DaemonConfig;
+use super::containers::{self, Containers};
 use super::state::State;
 use crate::control::{DaemonHandle, Request};
 use crate::report::{
@@ -51,7 +52,7 @@ struct ConnIo {
 
 /// Runs the daemon in the foreground until it is stopped (`weave stop`, SIGTERM).
 pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
-    let state = State::open(&config.state_dir)?;
+    let state = std::sync::Arc::new(State::open(&config.state_dir)?);
     let name = match config.name {
         Some(name) => name,
         None => match state.get::<u64>(KEY_PEER_NAME)? {
@@ -117,9 +118,11 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
     ));
     tracing::info!(%name, port = config.port, encryption = config.password.is_some(), "weave router started");
 
+    let containers = Containers::start(state.clone(), containers::BRIDGE, name);
     let mut daemon = Daemon {
         mesh,
         state,
+        containers,
         port: config.port,
         conns: BTreeMap::new(),
         next_conn: 1,
@@ -129,6 +132,9 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
     // `run` consumes the request channel: once it returns, the API sees the daemon is
     // gone and winds down by itself after answering what is in flight.
     let stop = daemon.run(listener, requests).await;
+    // `weave reset` also removes the containers' interfaces; `weave stop` leaves them.
+    let reset = matches!(&stop, Ok(Some((true, _))));
+    daemon.containers.shutdown(reset).await;
     let dir = daemon.state.dir().to_owned();
     drop(daemon);
     if let Some((reset, reply)) = stop? {
@@ -155,7 +161,9 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
 
 struct Daemon {
     mesh: Mesh,
-    state: State,
+    state: std::sync::Arc<State>,
+    /// Attached containers and exposed addresses (a task of their own).
+    containers: Containers,
     port: u16,
     conns: BTreeMap<ConnId, ConnIo>,
     next_conn: ConnId,
@@ -373,6 +381,10 @@ impl Daemon {
                 self.mesh.shutdown(now);
                 self.stopping = Some((reset, reply));
             }
+            // TODO(dataplane): pass the overlay MTU once the data plane knows it.
+            Request::Containers(request) => self
+                .containers
+                .submit(request, containers::DEFAULT_OVERLAY_MTU),
         }
     }
 

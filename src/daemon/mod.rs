@@ -30,6 +30,7 @@ pub(crate) struct DaemonConfig {
     pub(crate) status_addr: SocketAddr,
 }
 
+mod containers;
 mod event_loop;
 pub(crate) mod state;
 

@@ -71,6 +71,18 @@ impl Client {
         self.request("GET", path, None).await
     }
 
+    /// GETs `path` with `pairs` as its query string.
+    pub(crate) async fn get_with(
+        &self,
+        path: &str,
+        pairs: &[(&str, &str)],
+    ) -> Result<Response, ClientError> {
+        if pairs.is_empty() {
+            return self.get(path).await;
+        }
+        self.get(&format!("{path}?{}", form::encode(pairs))).await
+    }
+
     /// POSTs `pairs` as an `application/x-www-form-urlencoded` body.
     pub(crate) async fn post_form(
         &self,

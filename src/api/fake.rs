@@ -9,17 +9,30 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::control::{DaemonHandle, Request};
+use ipnet::Ipv4Net;
+
+use crate::control::{
+    AttachSpec, ContainerRequest, DaemonHandle, DetachSpec, PlumbError, PsEntry, Request, Target,
+};
 use crate::report::Report;
 
 /// A peer the fake daemon refuses, to test how the API passes a daemon's error on.
 pub(crate) const REFUSED_PEER: &str = "203.0.113.99";
+/// A namespace the fake daemon says does not exist (400), and one whose plumbing fails
+/// on the host (500).
+pub(crate) const MISSING_NETNS: &str = "missing";
+pub(crate) const BROKEN_NETNS: &str = "broken";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Call {
     Connect { peers: Vec<String>, replace: bool },
     Forget { peers: Vec<String> },
     Stop { reset: bool },
+    Attach(AttachSpec),
+    Detach(DetachSpec),
+    Expose(Vec<Ipv4Net>),
+    Hide(Vec<Ipv4Net>),
+    Ps(Vec<String>),
 }
 
 pub(crate) struct FakeDaemon {
@@ -49,6 +62,7 @@ impl FakeDaemon {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&calls);
         tokio::spawn(async move {
+            let mut attached: Vec<PsEntry> = Vec::new();
             while let Some(request) = rx.recv().await {
                 if mute {
                     drop(request);
@@ -91,6 +105,9 @@ impl FakeDaemon {
                         let _ = reply.send(());
                         break;
                     }
+                    Request::Containers(request) => {
+                        fake_containers(request, &mut attached, record);
+                    }
                 }
             }
         });
@@ -105,5 +122,58 @@ impl FakeDaemon {
 
     pub(crate) fn calls(&self) -> Vec<Call> {
         self.calls.lock().expect("calls lock").clone()
+    }
+}
+
+/// A registry that plumbs nothing: attach records an entry, ps lists them.
+fn fake_containers(request: ContainerRequest, attached: &mut Vec<PsEntry>, record: impl Fn(Call)) {
+    let refusal = |target: &Target| match target {
+        Target::Netns(ns) if ns == MISSING_NETNS => {
+            Some(PlumbError::Invalid(format!("{target} does not exist")))
+        }
+        Target::Netns(ns) if ns == BROKEN_NETNS => Some(PlumbError::Failed(
+            "netlink: creating veth: Operation not permitted (os error 1)\nsecond line".to_owned(),
+        )),
+        _ => None,
+    };
+    match request {
+        ContainerRequest::Attach { spec, reply } => {
+            record(Call::Attach(spec.clone()));
+            if let Some(err) = refusal(&spec.target) {
+                let _ = reply.send(Err(err));
+                return;
+            }
+            let entry = PsEntry {
+                id: spec.target.to_string(),
+                mac: "02:00:00:00:00:aa".to_owned(),
+                addrs: spec.addrs,
+                name: spec.name,
+                target: spec.target.to_string(),
+                interface: "vethwe000000001".to_owned(),
+            };
+            attached.push(entry.clone());
+            let _ = reply.send(Ok(entry));
+        }
+        ContainerRequest::Detach { spec, reply } => {
+            record(Call::Detach(spec.clone()));
+            let _ = reply.send(refusal(&spec.target).map_or(Ok(()), Err));
+        }
+        ContainerRequest::Expose { addrs, reply } => {
+            record(Call::Expose(addrs.clone()));
+            let _ = reply.send(Ok(addrs));
+        }
+        ContainerRequest::Hide { addrs, reply } => {
+            record(Call::Hide(addrs));
+            let _ = reply.send(Ok(()));
+        }
+        ContainerRequest::Ps { filter, reply } => {
+            record(Call::Ps(filter.clone()));
+            let entries = attached
+                .iter()
+                .filter(|e| filter.is_empty() || filter.contains(&e.id))
+                .cloned()
+                .collect();
+            let _ = reply.send(Ok(entries));
+        }
     }
 }

@@ -14,13 +14,16 @@
 //! | `POST /forget` | form `peer=h[:p]` (repeated): drop targets |
 //! | `POST /stop` | stop the daemon (`weave stop`); `?reset=true` also drops persisted state |
 //! | `DELETE /peer` | Weave's "leave" as used by `weave reset`: same as `POST /stop?reset=true` |
+//! | `POST /attach`, `/detach`, `/expose`, `/hide`, `GET /ps` | container plumbing (see [`containers`]) |
 //!
-//! Only the control API has the last four. Form fields may come in the body
-//! (`application/x-www-form-urlencoded`) or the query string. A bad request gets 400 with
-//! a one-line reason, an unknown path 404, a daemon that is shutting down 503. Successful
-//! POSTs answer 200 with an empty body (`/stop`: "stopping").
+//! Only the control API has the commands (everything from `/connect` on). Form fields may
+//! come in the body (`application/x-www-form-urlencoded`) or the query string. A bad
+//! request gets 400 with a one-line reason, an unknown path 404, a daemon that is
+//! shutting down 503. Successful POSTs answer 200 with an empty body (`/stop`:
+//! "stopping").
 
 pub(crate) mod client;
+mod containers;
 #[cfg(test)]
 pub(crate) mod fake;
 mod form;
@@ -68,7 +71,7 @@ pub(crate) async fn serve(
 
 /// Everything: read-only views plus the commands that change the daemon.
 pub(crate) fn control_router(handle: DaemonHandle) -> Router {
-    read_only_routes()
+    containers::routes(read_only_routes())
         .route("/connect", post(connect))
         .route("/forget", post(forget))
         .route("/stop", post(stop))

@@ -5,9 +5,12 @@
 //! Exit codes: 0 on success, 2 on a usage error (clap's message), 1 on anything else,
 //! including "weave is not running".
 
+mod attach;
 mod connect;
+mod expose;
 mod forget;
 mod launch;
+mod ps;
 mod report;
 mod reset;
 mod router;
@@ -68,6 +71,16 @@ pub(crate) enum Command {
     Reset(ResetArgs),
     /// Print the version of this program and of the running daemon.
     Version(ApiArgs),
+    /// Plug a container into the overlay: `ethwe` in its namespace with these addresses.
+    Attach(attach::AttachArgs),
+    /// Take addresses off a container; all of them and its interface if none given.
+    Detach(attach::DetachArgs),
+    /// Give the host itself addresses on the overlay (on the bridge).
+    Expose(expose::ExposeArgs),
+    /// Take the host's addresses off the overlay; all of them if none given.
+    Hide(expose::ExposeArgs),
+    /// List attached containers: ID, MAC and addresses.
+    Ps(ps::PsArgs),
 }
 
 /// Flags of `weave launch` and `weave router`.
@@ -257,6 +270,26 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stop(args) => client_runtime()?.block_on(stop::run(args)),
         Command::Reset(args) => client_runtime()?.block_on(reset::run(args)),
         Command::Version(args) => client_runtime()?.block_on(version::run(args)),
+        Command::Attach(args) => attach::run_attach(args),
+        Command::Detach(args) => attach::run_detach(args),
+        Command::Expose(args) => expose::run_expose(args),
+        Command::Hide(args) => expose::run_hide(args),
+        Command::Ps(args) => ps::run(args),
+    }
+}
+
+/// Ends the process the way clap does for a usage error found after parsing: the
+/// message, the subcommand's usage line, exit code 2.
+fn usage_exit(subcommand: &str, message: &str) -> ! {
+    let mut cli = <Cli as clap::CommandFactory>::command();
+    cli.build();
+    match cli.find_subcommand_mut(subcommand) {
+        Some(sub) => sub
+            .error(clap::error::ErrorKind::ValueValidation, message)
+            .exit(),
+        None => cli
+            .error(clap::error::ErrorKind::ValueValidation, message)
+            .exit(),
     }
 }
 

@@ -34,12 +34,15 @@
 //! ```
 
 pub mod forward;
+pub mod icmp;
+pub mod path;
 pub mod sleeve;
 
 pub use forward::{
     Decision, DropCounts, DropReason, Event, Forwarder, ForwarderConfig, Mac, Output, Owner,
     PeerCounters, RouteSnapshot, Stats, TapCounters,
 };
+pub use path::{PathConfig, PathEvent, PathReport, PathState, Transmit};
 pub use sleeve::{FrameTag, Full, Protection, RecvCrypto, SendCrypto, SleeveEncoder, SleeveKeys};
 
 use weave_mesh::PeerName;

@@ -8,6 +8,7 @@ mod api;
 mod cli;
 mod control;
 mod daemon;
+mod dataplane;
 mod report;
 mod status;
 #[allow(dead_code, unused_imports)]

@@ -37,6 +37,57 @@ pub(crate) struct RouterReport {
     /// Name collisions seen (another live peer with our name), as sentences.
     pub(crate) name_collisions: Vec<String>,
     pub(crate) stats: RouterStats,
+    /// The MTU containers' interfaces get (`ethwe`): fits the underlay after the
+    /// sleeve's overheads, or `--mtu`.
+    #[serde(default)]
+    pub(crate) overlay_mtu: u16,
+    /// Frames, datagrams and drops of the data plane.
+    #[serde(default)]
+    pub(crate) data_plane: DataPlaneReport,
+}
+
+/// The data plane's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct DataPlaneReport {
+    pub(crate) overlay_mtu: u16,
+    /// The MTU of the interface the sleeve's datagrams leave by.
+    pub(crate) underlay_mtu: u32,
+    pub(crate) encrypted: bool,
+    /// Frames read from the router's TAP port.
+    pub(crate) captured_frames: u64,
+    pub(crate) captured_bytes: u64,
+    /// MACs in the forwarding table.
+    pub(crate) macs: usize,
+    pub(crate) datagrams_sent: u64,
+    pub(crate) datagrams_received: u64,
+    pub(crate) datagram_bytes_received: u64,
+    /// IPv4 frames too big for their path, sent in fragments.
+    pub(crate) fragmented_frames: u64,
+    /// Frames (or copies) dropped, by reason.
+    pub(crate) dropped_frames: std::collections::BTreeMap<String, u64>,
+    /// Datagrams received and not used (failed authentication, replayed, unknown
+    /// sender...), by reason.
+    pub(crate) rejected_datagrams: std::collections::BTreeMap<String, u64>,
+    pub(crate) peers: Vec<PeerTraffic>,
+}
+
+/// Frames and bytes per peer: as next hop (forwarded from our TAP, relayed), as sender
+/// of the datagrams they came in (received), as origin of frames we injected.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct PeerTraffic {
+    pub(crate) name: String,
+    pub(crate) nick_name: String,
+    pub(crate) forwarded_frames: u64,
+    pub(crate) forwarded_bytes: u64,
+    pub(crate) relayed_frames: u64,
+    pub(crate) relayed_bytes: u64,
+    pub(crate) received_frames: u64,
+    pub(crate) received_bytes: u64,
+    pub(crate) injected_frames: u64,
+    pub(crate) injected_bytes: u64,
+    pub(crate) dropped_frames: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -208,14 +208,15 @@ impl PathState {
             }
         }
         self.handle_datagram(now);
+        self.update(now);
     }
 
     /// Any authenticated datagram from the peer arrived (at `at`): the peer is heard.
     pub fn handle_datagram(&mut self, at: Instant) {
         if self.last_heard.is_none_or(|last| at > last) {
             self.last_heard = Some(at);
+            self.update(at);
         }
-        self.update(at);
     }
 
     /// The peer told us over the control connection whether it hears us.

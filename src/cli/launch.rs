@@ -94,6 +94,9 @@ pub(super) fn router_args(args: &DaemonArgs, state_dir: &Path) -> Vec<OsString> 
     if let Some(host) = args.host {
         flag("host", host.to_string().into());
     }
+    if let Some(mtu) = args.mtu {
+        flag("mtu", mtu.to_string().into());
+    }
     if args.no_discovery {
         argv.push("--no-discovery".into());
     }

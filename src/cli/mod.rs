@@ -111,6 +111,9 @@ pub(crate) struct DaemonArgs {
     /// Maximum number of connections (0 = unlimited).
     #[arg(long, default_value_t = DEFAULT_CONN_LIMIT)]
     pub(crate) conn_limit: usize,
+    /// MTU of the overlay (containers' interfaces); default: what fits the underlay.
+    #[arg(long, env = "WEAVE_MTU", value_parser = clap::value_parser!(u16).range(576..))]
+    pub(crate) mtu: Option<u16>,
     /// Where persisted state and the log live.
     #[arg(long, env = "WEAVE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub(crate) state_dir: PathBuf,

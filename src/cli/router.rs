@@ -38,6 +38,7 @@ pub(super) fn daemon_config(args: DaemonArgs) -> anyhow::Result<DaemonConfig> {
         port: args.port,
         discovery: !args.no_discovery,
         conn_limit: args.conn_limit,
+        mtu: args.mtu,
         state_dir,
         http_addr: args.http_addr,
         status_addr: args.status_addr,

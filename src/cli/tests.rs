@@ -45,6 +45,7 @@ fn launch_defaults_match_weave() {
             port: 6783,
             no_discovery: false,
             conn_limit: 200,
+            mtu: None,
             state_dir: PathBuf::from("/var/lib/weave"),
             http_addr: "127.0.0.1:6784".parse().expect("literal"),
             status_addr: "127.0.0.1:6782".parse().expect("literal"),
@@ -69,6 +70,8 @@ fn launch_takes_every_flag() {
         "--no-discovery",
         "--conn-limit",
         "0",
+        "--mtu",
+        "8000",
         "--state-dir",
         "/tmp/weave-state",
         "--http-addr",
@@ -87,6 +90,7 @@ fn launch_takes_every_flag() {
     assert_eq!(a.nickname.as_deref(), Some("host1"));
     assert_eq!(a.host, Some("192.0.2.1".parse().expect("literal")));
     assert_eq!((a.port, a.no_discovery, a.conn_limit), (6790, true, 0));
+    assert_eq!(a.mtu, Some(8000));
     assert_eq!(a.state_dir, PathBuf::from("/tmp/weave-state"));
     assert_eq!(a.http_addr.to_string(), "127.0.0.1:7784");
     assert_eq!(a.status_addr.to_string(), "127.0.0.1:7782");

@@ -15,12 +15,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use weave_mesh::maker::normalize_target;
 use weave_mesh::session::derive_psk;
-use weave_mesh::{Action, ConnId, Event, Mesh, MeshConfig, PeerName};
+use weave_mesh::{Action, ConnId, Event, Mesh, MeshConfig, PeerName, RouteKind};
+use weave_router::PathReport;
 
 use super::DaemonConfig;
 use super::containers::{self, Containers};
 use super::state::State;
 use crate::control::{DaemonHandle, Request};
+use crate::dataplane::{self, Dataplane, DataplaneConfig, EngineEvent};
 use crate::report::{
     ConnectionReport, PeerConnectionReport, PeerReport, Report, RouterReport, RouterStats,
 };
@@ -93,6 +95,8 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
     mesh_config.discovery = config.discovery;
     mesh_config.conn_limit = config.conn_limit;
     mesh_config.software = env!("CARGO_PKG_VERSION").to_owned();
+    // The data plane says when a connection's UDP path works both ways.
+    mesh_config.auto_establish = false;
     if let Some(password) = &config.password {
         mesh_config.session.psk = Some(derive_psk(password.as_bytes()));
     }
@@ -109,6 +113,19 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
     }
     mesh.connect(&targets, true, now);
     state.put(KEY_TARGETS, &targets)?;
+
+    let (engine_tx, engine_events) = mpsc::unbounded_channel();
+    let dataplane = Dataplane::start(
+        &DataplaneConfig {
+            local: name,
+            host: config.host,
+            port: config.port,
+            mtu: config.mtu,
+            encrypted: config.password.is_some(),
+        },
+        engine_tx,
+    )
+    .await?;
 
     let (request_tx, requests) = mpsc::channel(64);
     let api = tokio::spawn(crate::api::serve(
@@ -128,6 +145,10 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
         next_conn: 1,
         inputs: mpsc::unbounded_channel(),
         stopping: None,
+        dataplane: Some(dataplane),
+        engine_events,
+        conn_paths: BTreeMap::new(),
+        routes_dirty: true,
     };
     // `run` consumes the request channel: once it returns, the API sees the daemon is
     // gone and winds down by itself after answering what is in flight.
@@ -135,6 +156,11 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
     // `weave reset` also removes the containers' interfaces; `weave stop` leaves them.
     let reset = matches!(&stop, Ok(Some((true, _))));
     daemon.containers.shutdown(reset).await;
+    if let Some(dataplane) = daemon.dataplane.take() {
+        // `weave stop` leaves the bridge in place; `weave reset` removes it, the TAP
+        // and the firewall rules.
+        dataplane.shutdown(reset).await;
+    }
     let dir = daemon.state.dir().to_owned();
     drop(daemon);
     if let Some((reset, reply)) = stop? {
@@ -169,6 +195,13 @@ struct Daemon {
     next_conn: ConnId,
     inputs: (mpsc::UnboundedSender<Input>, mpsc::UnboundedReceiver<Input>),
     stopping: Option<StopRequest>,
+    /// `None` only while stopping.
+    dataplane: Option<Dataplane>,
+    engine_events: mpsc::UnboundedReceiver<EngineEvent>,
+    /// Each connection that reached the data plane: its peer and `conn_uid`.
+    conn_paths: BTreeMap<ConnId, (PeerName, u64)>,
+    /// The mesh's routes may have changed since the forwarder last got them.
+    routes_dirty: bool,
 }
 
 /// A stop the API asked for: whether to reset, and whom to tell when done.
@@ -197,6 +230,7 @@ impl Daemon {
                     Err(err) => tracing::warn!(%err, "accept failed"),
                 },
                 Some(input) = self.inputs.1.recv() => self.handle_input(input),
+                Some(event) = self.engine_events.recv() => self.handle_engine_event(event),
                 request = requests.recv() => match request {
                     Some(request) => self.handle_request(request),
                     None => break,
@@ -335,6 +369,95 @@ impl Daemon {
         }
         while let Some(event) = self.mesh.poll_event() {
             log_event(&event);
+            self.feed_dataplane(event);
+        }
+        if self.routes_dirty {
+            self.routes_dirty = false;
+            self.push_routes();
+        }
+    }
+
+    /// Tells the data plane what the mesh did that concerns it.
+    fn feed_dataplane(&mut self, event: Event) {
+        let Some(dp) = &self.dataplane else { return };
+        let engine = dp.engine();
+        match event {
+            Event::ConnectionUp {
+                conn,
+                peer,
+                remote_addr,
+                outbound,
+                conn_uid,
+                sleeve_keys,
+                ..
+            } => {
+                // We dialled the peer's control port, which is its UDP port too; an
+                // accepting end learns the address from the first heartbeat (NAT).
+                let addr = match (outbound, remote_addr) {
+                    (true, SocketAddr::V4(a)) => Some(a),
+                    _ => None,
+                };
+                if let Some((old_peer, old_uid)) = self.conn_paths.insert(conn, (peer, conn_uid)) {
+                    engine.peer_down(old_peer, old_uid);
+                }
+                engine.peer_up(peer, conn_uid, addr, sleeve_keys);
+                self.routes_dirty = true;
+            }
+            Event::ConnectionDown { conn, .. } => {
+                if let Some((peer, conn_uid)) = self.conn_paths.remove(&conn) {
+                    engine.peer_down(peer, conn_uid);
+                }
+                self.routes_dirty = true;
+            }
+            Event::Direct { from, tag, payload } if tag == PathReport::TAG => {
+                match PathReport::decode(&payload) {
+                    Ok(report) => engine.report(from, report),
+                    Err(err) => tracing::debug!(%from, %err, "bad path report"),
+                }
+            }
+            Event::PeerRemoved(peer) => {
+                engine.forget_peer(peer);
+                self.routes_dirty = true;
+            }
+            Event::TopologyChanged | Event::PeerAdded(_) => self.routes_dirty = true,
+            _ => {}
+        }
+    }
+
+    /// Hands the forwarder the mesh's current data routes.
+    fn push_routes(&mut self) {
+        let Some(dp) = &self.dataplane else { return };
+        let local = self.mesh.name();
+        let unicast = self.mesh.unicast_routes(RouteKind::Data);
+        let origins: Vec<PeerName> = self.mesh.live_peers().keys().copied().collect();
+        let mesh = &mut self.mesh;
+        let snapshot = dataplane::snapshot(local, &unicast, origins, |origin| {
+            mesh.broadcast_hops(RouteKind::Data, origin)
+        });
+        dp.engine().set_routes(snapshot);
+    }
+
+    /// What the data plane reports: a path report to send, a path up or down.
+    fn handle_engine_event(&mut self, event: EngineEvent) {
+        match event {
+            EngineEvent::Tell { peer, report } => {
+                self.mesh
+                    .send_direct(peer, PathReport::TAG, report.encode());
+            }
+            EngineEvent::Established {
+                peer,
+                conn_uid,
+                established,
+            } => {
+                // Only for the connection the mesh has now (not one it replaced).
+                if self
+                    .conn_paths
+                    .values()
+                    .any(|&(p, uid)| p == peer && uid == conn_uid)
+                {
+                    self.mesh.set_established(peer, established, Instant::now());
+                }
+            }
         }
     }
 
@@ -381,10 +504,15 @@ impl Daemon {
                 self.mesh.shutdown(now);
                 self.stopping = Some((reset, reply));
             }
-            // TODO(dataplane): pass the overlay MTU once the data plane knows it.
-            Request::Containers(request) => self
-                .containers
-                .submit(request, containers::DEFAULT_OVERLAY_MTU),
+            Request::Containers(request) => {
+                let mtu = self
+                    .dataplane
+                    .as_ref()
+                    .map_or(containers::DEFAULT_OVERLAY_MTU, |dp| {
+                        u32::from(dp.overlay_mtu())
+                    });
+                self.containers.submit(request, mtu);
+            }
         }
     }
 
@@ -405,11 +533,22 @@ impl Daemon {
     fn report(&self) -> Report {
         let config = self.mesh.config();
         let now = Instant::now();
+        let paths = self
+            .dataplane
+            .as_ref()
+            .map(Dataplane::paths)
+            .unwrap_or_default();
         let connections = self
             .mesh
             .connection_status()
             .into_iter()
             .map(|c| ConnectionReport {
+                attrs: c
+                    .conn
+                    .and_then(|conn| self.conn_paths.get(&conn))
+                    .and_then(|(peer, uid)| paths.get(peer).filter(|p| p.conn_uid == *uid))
+                    .map(path_attrs)
+                    .unwrap_or_default(),
                 address: c.address,
                 outbound: c.outbound,
                 state: c.state.as_str().to_owned(),
@@ -420,7 +559,6 @@ impl Daemon {
                 encrypted: c.encrypted,
                 peer_name: c.peer.as_ref().map(|(name, _)| name.to_string()),
                 peer_nick_name: c.peer.map(|(_, nick)| nick),
-                attrs: Vec::new(),
             })
             .collect();
         let topology = self.mesh.topology();
@@ -473,9 +611,37 @@ impl Daemon {
                     gossip_rejected: stats.gossip_rejected,
                     connection_terminations: stats.connections_terminated,
                 },
+                overlay_mtu: self.dataplane.as_ref().map_or(0, Dataplane::overlay_mtu),
+                data_plane: self
+                    .dataplane
+                    .as_ref()
+                    .map(|dp| {
+                        let nicknames = self
+                            .mesh
+                            .live_peers()
+                            .iter()
+                            .map(|(name, p)| (*name, p.nickname.clone()))
+                            .collect();
+                        dp.report(&nicknames)
+                    })
+                    .unwrap_or_default(),
             },
         }
     }
+}
+
+/// A connection's data-plane attributes for `weave status connections`: the overlay
+/// (`sleeve`) and, once measured, the MTU of the path (what an IP packet in a frame
+/// through it may be).
+fn path_attrs(path: &dataplane::PathStatus) -> Vec<(String, String)> {
+    let mut attrs = vec![("name".to_owned(), "sleeve".to_owned())];
+    if path.pmtu.is_some() {
+        let mtu = path
+            .max_frame
+            .saturating_sub(weave_router::sleeve::ETHERNET_HEADER_LEN);
+        attrs.push(("mtu".to_owned(), mtu.to_string()));
+    }
+    attrs
 }
 
 fn log_event(event: &Event) {

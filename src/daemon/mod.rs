@@ -23,6 +23,8 @@ pub(crate) struct DaemonConfig {
     pub(crate) discovery: bool,
     /// 0 = unlimited.
     pub(crate) conn_limit: usize,
+    /// `--mtu`: the overlay MTU instead of one derived from the underlay.
+    pub(crate) mtu: Option<u16>,
     pub(crate) state_dir: PathBuf,
     /// The HTTP API (127.0.0.1:6784).
     pub(crate) http_addr: SocketAddr,

@@ -4,7 +4,8 @@
 //! network namespaces, entered per thread; the TAP device the router reads frames from;
 //! and the iptables rules that let the bridge's traffic through a DROP forwarding policy.
 //! This is the one module allowed `unsafe` (setns, unshare, the TUNSETIFF ioctl, raw
-//! read/write on the TAP fd); each block says why it is sound.
+//! read/write on the TAP fd, the data plane's UDP socket with recvmmsg/sendmmsg); each
+//! block says why it is sound.
 #![allow(unsafe_code)]
 
 mod container;
@@ -13,6 +14,7 @@ mod firewall;
 mod link;
 mod netns;
 mod tap;
+mod udp;
 
 #[cfg(test)]
 mod tests;
@@ -24,4 +26,5 @@ pub(crate) use error::SysError;
 pub(crate) use firewall::{FORWARD_CHAIN, ForwardRules};
 pub(crate) use link::{LinkInfo, MAX_IFNAME, Netlink, Route4, VethPeer, check_ifname};
 pub(crate) use netns::{NETNS_RUN_DIR, Netns, NsId, NsTarget, process_alive};
-pub(crate) use tap::{Tap, TapOptions};
+pub(crate) use tap::{Tap, TapFd, TapOptions};
+pub(crate) use udp::{DataSocket, RecvQueue, SendQueue, SocketInfo, poll_readable};

@@ -113,6 +113,59 @@ impl Tap {
     pub(crate) fn try_send(&self, frame: &[u8]) -> io::Result<()> {
         write_fd(self.fd.get_ref(), frame)
     }
+
+    /// Takes the device off the tokio reactor, for plain threads to read and write
+    /// (the data plane's packet paths).
+    pub(crate) fn into_fd(self) -> Result<TapFd, SysError> {
+        let name = self.name;
+        let fd = self.fd.into_inner();
+        Ok(TapFd { fd, name })
+    }
+}
+
+/// A TAP device's descriptor for plain threads: nonblocking reads and writes, and
+/// [`super::udp::poll_readable`] to wait. One reader and any number of writers may use
+/// it at once (each read or write is one whole frame).
+#[derive(Debug)]
+pub(crate) struct TapFd {
+    fd: OwnedFd,
+    name: String,
+}
+
+impl TapFd {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads one frame if one is queued (`WouldBlock` otherwise).
+    pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        read_fd(&self.fd, buf)
+    }
+
+    /// Writes one whole frame; if the device queue is full, waits for room up to
+    /// `patience`, then gives up with `WouldBlock`.
+    pub(crate) fn write(&self, frame: &[u8], patience: std::time::Duration) -> io::Result<()> {
+        match write_fd(&self.fd, frame) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd {
+                    fd: self.fd.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                let ms = libc::c_int::try_from(patience.as_millis()).unwrap_or(libc::c_int::MAX);
+                // SAFETY: `pfd` is one valid pollfd, borrowed for the call.
+                unsafe { libc::poll(&raw mut pfd, 1, ms) };
+                write_fd(&self.fd, frame)
+            }
+            other => other,
+        }
+    }
+}
+
+impl AsRawFd for TapFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
 }
 
 fn read_fd(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {

@@ -1,0 +1,1153 @@
+//! The packet paths: three plain OS threads around the router's pure cores.
+//!
+//! - `weave-tap`: frames from the TAP, in batches → the forwarder's decisions (one
+//!   lock per batch) → frames packed per next hop into sleeve datagrams, sealed → one
+//!   sendmmsg per batch.
+//! - `weave-udp`: recvmmsg batches → open and authenticate each datagram (the replay
+//!   window advances only for genuine ones) → the forwarder's decisions (one lock per
+//!   batch) → TAP writes and relays (packed and sent like the TAP path's).
+//! - `weave-path`: the UDP path of every connection ([`PathState`]: heartbeats, address,
+//!   liveness, PMTU probes), commands from the event loop, and events back to it.
+//!
+//! Shared state: the forwarder behind a mutex taken once per batch; the peer table
+//! (address, datagram size, keys) as an `Arc` swapped whole when it changes, which the
+//! packet threads pick up with one atomic load per batch; counters as atomics.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use weave_mesh::PeerName;
+use weave_router::icmp::{self, Ipv4Fragmentability};
+use weave_router::sleeve::{self, Body, Control, FRAME_HEADER_LEN, Header, MAX_DATAGRAM};
+use weave_router::{
+    Decision, Forwarder, FrameTag, PathConfig, PathEvent, PathReport, PathState, Protection,
+    RecvCrypto, RouteSnapshot, SendCrypto, SleeveEncoder, SleeveKeys, Transmit,
+};
+
+use crate::sys::{DataSocket, RecvQueue, SendQueue, TapFd, poll_readable};
+
+/// Frames read from the TAP per batch, and datagrams per recvmmsg / sendmmsg.
+const BATCH: usize = 64;
+/// How long an idle thread sleeps before looking at the stop flag.
+const IDLE: Duration = Duration::from_millis(200);
+/// How long a TAP write waits for room in the device queue before the frame counts
+/// as dropped.
+const TAP_PATIENCE: Duration = Duration::from_millis(5);
+/// The receive buffer per datagram: the largest UDP payload (reassembled fragments).
+const RECV_BUF: usize = 65_536;
+/// Expired MACs are swept this often.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why a frame (or one copy of it) was dropped by the engine, beyond the forwarder's
+/// own reasons. Also the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum EngineDrop {
+    /// Too big for its next hop's path and neither answerable with ICMP nor
+    /// fragmentable (not IPv4, IP options, or a relay with Don't Fragment).
+    TooBig,
+    /// Too big, IPv4 with Don't Fragment: the sender got ICMP fragmentation-needed.
+    TooBigAnswered,
+    /// The next hop's UDP address is not known yet.
+    NoAddress,
+    /// The kernel refused to send the datagram it was in.
+    SendFailed,
+    /// The TAP device did not take it.
+    TapWriteFailed,
+}
+
+impl EngineDrop {
+    pub(crate) const ALL: [Self; 5] = [
+        Self::TooBig,
+        Self::TooBigAnswered,
+        Self::NoAddress,
+        Self::SendFailed,
+        Self::TapWriteFailed,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::TooBig => "too_big",
+            Self::TooBigAnswered => "too_big_icmp_sent",
+            Self::NoAddress => "no_address",
+            Self::SendFailed => "send_failed",
+            Self::TapWriteFailed => "tap_write_failed",
+        }
+    }
+}
+
+/// Why a received datagram was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Reject {
+    /// Its sender is not a peer we have a connection with.
+    UnknownSender,
+    /// A clear datagram from an address that is not its sender's.
+    WrongAddress,
+    /// A heartbeat for another (older) connection.
+    StaleConnection,
+    /// Bigger than the receive buffer.
+    Truncated,
+    /// The codec's reasons (`weave_router::Error::as_str`).
+    Codec(&'static str),
+}
+
+/// Counters of the engine, updated with relaxed atomics from the packet threads.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) datagrams_sent: AtomicU64,
+    pub(crate) datagrams_received: AtomicU64,
+    pub(crate) datagram_bytes_received: AtomicU64,
+    pub(crate) fragmented_frames: AtomicU64,
+    drops: [AtomicU64; EngineDrop::ALL.len()],
+    rejects: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Counters {
+    fn drop(&self, reason: EngineDrop) {
+        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn drops(&self) -> Vec<(EngineDrop, u64)> {
+        EngineDrop::ALL
+            .iter()
+            .map(|&r| (r, self.drops[r as usize].load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    fn reject(&self, reason: Reject) {
+        let label = match reason {
+            Reject::UnknownSender => "unknown_sender",
+            Reject::WrongAddress => "wrong_address",
+            Reject::StaleConnection => "stale_connection",
+            Reject::Truncated => "buffer_truncated",
+            Reject::Codec(label) => label,
+        };
+        // Rejections are rare (or an attack, which this must not make worse than a
+        // map update): a mutex is fine here.
+        *self
+            .rejects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(label)
+            .or_default() += 1;
+    }
+
+    pub(crate) fn rejects(&self) -> BTreeMap<&'static str, u64> {
+        self.rejects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Sealing and opening state of one connection; shared by every table built while the
+/// connection lives, so counters and replay window carry over.
+struct PeerCrypto {
+    send: Mutex<SendCrypto>,
+    recv: Mutex<RecvCrypto>,
+}
+
+/// What the packet threads need about one neighbour.
+#[derive(Clone)]
+struct PeerEntry {
+    conn_uid: u64,
+    addr: Option<SocketAddrV4>,
+    max_datagram: usize,
+    crypto: Option<Arc<PeerCrypto>>,
+    /// When a genuine datagram last came from it (ms since the engine's epoch).
+    last_rx: Arc<AtomicU64>,
+}
+
+impl PeerEntry {
+    fn protection(&self) -> Protection {
+        if self.crypto.is_some() {
+            Protection::Sealed
+        } else {
+            Protection::Clear
+        }
+    }
+
+    /// The largest frame a datagram to this peer can carry.
+    fn max_frame(&self) -> usize {
+        self.max_datagram
+            .saturating_sub(self.protection().overhead() + FRAME_HEADER_LEN)
+    }
+}
+
+#[derive(Default)]
+struct PeerTable {
+    peers: HashMap<PeerName, PeerEntry>,
+}
+
+/// The table the packet threads read: swapped whole under a lock they take only when
+/// the generation moved.
+struct Table {
+    current: RwLock<Arc<PeerTable>>,
+    generation: AtomicU64,
+}
+
+impl Table {
+    fn publish(&self, table: PeerTable) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Refreshes a thread's copy if the table changed since it was taken.
+    fn refresh(&self, local: &mut (u64, Arc<PeerTable>)) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if generation != local.0 {
+            let table = self
+                .current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            *local = (generation, table);
+        }
+    }
+}
+
+/// What the engine tells the event loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EngineEvent {
+    /// Send this report to the peer over the control connection.
+    Tell { peer: PeerName, report: PathReport },
+    /// The connection's UDP path works both ways (or no longer does).
+    Established {
+        peer: PeerName,
+        conn_uid: u64,
+        established: bool,
+    },
+}
+
+/// Per-connection state for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PathStatus {
+    pub(crate) conn_uid: u64,
+    pub(crate) addr: Option<SocketAddr>,
+    pub(crate) encrypted: bool,
+    pub(crate) established: bool,
+    /// Measured largest datagram, once measured.
+    pub(crate) pmtu: Option<u16>,
+    /// The largest frame that fits a datagram to this peer now.
+    pub(crate) max_frame: usize,
+}
+
+/// Commands to the path thread.
+enum Ctl {
+    PeerUp {
+        peer: PeerName,
+        conn_uid: u64,
+        addr: Option<SocketAddrV4>,
+        keys: Option<SleeveKeys>,
+    },
+    PeerDown {
+        peer: PeerName,
+        conn_uid: u64,
+    },
+    Report {
+        peer: PeerName,
+        report: PathReport,
+    },
+    Heartbeat {
+        peer: PeerName,
+        from: SocketAddrV4,
+    },
+    Probe {
+        peer: PeerName,
+        size: u16,
+        from: SocketAddrV4,
+    },
+    Ack {
+        peer: PeerName,
+        size: u16,
+    },
+    TooBig {
+        peer: PeerName,
+        size: usize,
+    },
+    Stop,
+}
+
+/// Everything the threads share.
+struct Shared {
+    local: PeerName,
+    epoch: Instant,
+    forwarder: Mutex<Forwarder>,
+    table: Table,
+    counters: Counters,
+    status: Mutex<BTreeMap<PeerName, PathStatus>>,
+    stop: AtomicBool,
+    socket: DataSocket,
+    tap: TapFd,
+    ctl: std_mpsc::Sender<Ctl>,
+}
+
+impl Shared {
+    fn ms_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn ctl(&self, msg: Ctl) {
+        // The path thread outlives the packet threads; a send after it ended is moot.
+        let _ = self.ctl.send(msg);
+    }
+}
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub(crate) struct EngineConfig {
+    pub(crate) local: PeerName,
+    /// The largest datagram the local interface sends (its MTU less IPv4 and UDP): the
+    /// upper bound of every PMTU search.
+    pub(crate) max_datagram: usize,
+    /// The largest frame the TAP hands us (overlay MTU plus Ethernet header).
+    pub(crate) max_tap_frame: usize,
+    pub(crate) path: PathConfig,
+}
+
+/// The running engine; dropping it stops the threads.
+pub(crate) struct Engine {
+    shared: Arc<Shared>,
+    ctl: std_mpsc::Sender<Ctl>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts the threads on `socket` and `tap`; events go to `events`.
+    pub(crate) fn start(
+        config: EngineConfig,
+        forwarder: Forwarder,
+        socket: DataSocket,
+        tap: TapFd,
+        events: mpsc::UnboundedSender<EngineEvent>,
+    ) -> io::Result<Self> {
+        let (ctl_tx, ctl_rx) = std_mpsc::channel();
+        let shared = Arc::new(Shared {
+            local: config.local,
+            epoch: Instant::now(),
+            forwarder: Mutex::new(forwarder),
+            table: Table {
+                current: RwLock::new(Arc::new(PeerTable::default())),
+                generation: AtomicU64::new(1),
+            },
+            counters: Counters::default(),
+            status: Mutex::new(BTreeMap::new()),
+            stop: AtomicBool::new(false),
+            socket,
+            tap,
+            ctl: ctl_tx.clone(),
+        });
+        let mut threads = Vec::new();
+        let s = shared.clone();
+        let max_tap_frame = config.max_tap_frame;
+        threads.push(
+            std::thread::Builder::new()
+                .name("weave-tap".into())
+                .spawn(move || tap_thread(&s, max_tap_frame))?,
+        );
+        let s = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("weave-udp".into())
+                .spawn(move || udp_thread(&s))?,
+        );
+        let s = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("weave-path".into())
+                .spawn(move || path_thread(&s, &config, &ctl_rx, &events))?,
+        );
+        Ok(Self {
+            shared,
+            ctl: ctl_tx,
+            threads,
+        })
+    }
+
+    /// A connection to `peer` is up. `addr`: the peer's UDP address if we dialled it.
+    pub(crate) fn peer_up(
+        &self,
+        peer: PeerName,
+        conn_uid: u64,
+        addr: Option<SocketAddrV4>,
+        keys: Option<SleeveKeys>,
+    ) {
+        let _ = self.ctl.send(Ctl::PeerUp {
+            peer,
+            conn_uid,
+            addr,
+            keys,
+        });
+    }
+
+    pub(crate) fn peer_down(&self, peer: PeerName, conn_uid: u64) {
+        let _ = self.ctl.send(Ctl::PeerDown { peer, conn_uid });
+    }
+
+    /// The peer's report about hearing us.
+    pub(crate) fn report(&self, peer: PeerName, report: PathReport) {
+        let _ = self.ctl.send(Ctl::Report { peer, report });
+    }
+
+    /// Swaps in new routes.
+    pub(crate) fn set_routes(&self, routes: RouteSnapshot) {
+        let mut fwd = self.forwarder();
+        if let Err(err) = fwd.set_routes(routes) {
+            tracing::error!(%err, "route snapshot refused");
+        }
+    }
+
+    /// Forgets a peer that left the mesh (its MACs and counters).
+    pub(crate) fn forget_peer(&self, peer: PeerName) {
+        self.forwarder().forget_peer(peer);
+    }
+
+    /// The forwarder, locked (for routes and counters).
+    pub(crate) fn forwarder(&self) -> std::sync::MutexGuard<'_, Forwarder> {
+        self.shared
+            .forwarder
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// The UDP path of each connection.
+    pub(crate) fn paths(&self) -> BTreeMap<PeerName, PathStatus> {
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Stops the threads and waits for them.
+    pub(crate) fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let _ = self.ctl.send(Ctl::Stop);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ----- sending: frames packed per next hop -----
+
+/// Where an outgoing frame's bytes are.
+#[derive(Debug, Clone, Copy)]
+enum Src {
+    /// Frame `i` of the batch being handled.
+    Batch(u32),
+    /// `len` bytes at `at` in the fragment arena.
+    Arena(u32, u32),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct OutFrame {
+    hop: PeerName,
+    src: Src,
+    tag: FrameTag,
+}
+
+/// One thread's sending side: the copies to send for the batch in hand, and the
+/// datagrams being built.
+struct Out {
+    frames: Vec<OutFrame>,
+    arena: Vec<u8>,
+    scratch: Vec<u8>,
+    icmp: Vec<u8>,
+    queue: SendQueue,
+}
+
+impl Out {
+    fn new(datagram_size: usize) -> Self {
+        Self {
+            frames: Vec::with_capacity(BATCH * 2),
+            arena: Vec::new(),
+            scratch: Vec::new(),
+            icmp: Vec::new(),
+            queue: SendQueue::new(BATCH, datagram_size),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.arena.clear();
+    }
+
+    /// Adds a copy of `frame` for `hop`, handling a frame too big for the hop's path:
+    /// an IPv4 one is fragmented if it may be; one with Don't Fragment from our own TAP
+    /// (`from_tap`) gets an ICMP answer injected into the TAP; anything else is
+    /// dropped and counted.
+    fn add(
+        &mut self,
+        shared: &Shared,
+        table: &PeerTable,
+        hop: PeerName,
+        src: Src,
+        frame: &[u8],
+        tag: FrameTag,
+        from_tap: bool,
+    ) {
+        let Some(entry) = table.peers.get(&hop) else {
+            shared.counters.drop(EngineDrop::NoAddress);
+            return;
+        };
+        let max_frame = entry.max_frame();
+        if frame.len() <= max_frame {
+            self.frames.push(OutFrame { hop, src, tag });
+            return;
+        }
+        match icmp::ipv4_fragmentability(frame) {
+            Ipv4Fragmentability::MayFragment => {
+                let arena = &mut self.arena;
+                let frames = &mut self.frames;
+                let ok = icmp::fragment_ipv4(frame, max_frame, &mut self.scratch, |piece| {
+                    let at = arena.len();
+                    arena.extend_from_slice(piece);
+                    frames.push(OutFrame {
+                        hop,
+                        src: Src::Arena(at as u32, piece.len() as u32),
+                        tag,
+                    });
+                });
+                if ok {
+                    shared
+                        .counters
+                        .fragmented_frames
+                        .fetch_add(1, Ordering::Relaxed);
+                } else {
+                    shared.counters.drop(EngineDrop::TooBig);
+                }
+            }
+            Ipv4Fragmentability::DontFragment if from_tap => {
+                let mtu = u16::try_from(max_frame.saturating_sub(icmp::ETHERNET_HEADER_LEN))
+                    .unwrap_or(u16::MAX);
+                if icmp::frag_needed(frame, mtu, &mut self.icmp)
+                    && shared.tap.write(&self.icmp, TAP_PATIENCE).is_ok()
+                {
+                    shared.counters.drop(EngineDrop::TooBigAnswered);
+                } else {
+                    shared.counters.drop(EngineDrop::TooBig);
+                }
+            }
+            _ => shared.counters.drop(EngineDrop::TooBig),
+        }
+    }
+
+    /// Packs the copies added since the last flush into datagrams, per next hop in
+    /// the order they were added, seals and sends them.
+    fn flush<'a>(&mut self, shared: &Shared, table: &PeerTable, batch: impl Fn(u32) -> &'a [u8]) {
+        // Group by next hop; the sort is stable, so each hop's frames keep their order.
+        self.frames.sort_by_key(|f| f.hop);
+        let mut i = 0;
+        while i < self.frames.len() {
+            let hop = self.frames[i].hop;
+            let end = i + self.frames[i..].iter().take_while(|f| f.hop == hop).count();
+            let entry = table.peers.get(&hop);
+            match entry.and_then(|e| e.addr.map(|a| (e, a))) {
+                Some((entry, addr)) => self.pack(shared, hop, entry, addr, i..end, &batch),
+                None => {
+                    for _ in i..end {
+                        shared.counters.drop(EngineDrop::NoAddress);
+                    }
+                }
+            }
+            i = end;
+        }
+        self.send(shared);
+        self.clear();
+    }
+
+    fn pack<'a>(
+        &mut self,
+        shared: &Shared,
+        hop: PeerName,
+        entry: &PeerEntry,
+        addr: SocketAddrV4,
+        range: std::ops::Range<usize>,
+        batch: &impl Fn(u32) -> &'a [u8],
+    ) {
+        let mut i = range.start;
+        while i < range.end {
+            if self.queue.is_full() {
+                self.send(shared);
+            }
+            let buf = self.queue.next_buf().expect("the queue was just emptied");
+            let Ok(mut enc) =
+                SleeveEncoder::new(buf, shared.local, entry.max_datagram, entry.protection())
+            else {
+                shared.counters.drop(EngineDrop::TooBig);
+                i += 1;
+                continue;
+            };
+            while i < range.end {
+                let f = self.frames[i];
+                let bytes = match f.src {
+                    Src::Batch(n) => batch(n),
+                    Src::Arena(at, len) => &self.arena[at as usize..(at + len) as usize],
+                };
+                if enc.push(f.tag, bytes).is_ok() {
+                    i += 1;
+                } else if enc.is_empty() {
+                    // Cannot happen: `add` checked the size. Count it all the same.
+                    shared.counters.drop(EngineDrop::TooBig);
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
+            if enc.is_empty() {
+                continue;
+            }
+            let sealed = match &entry.crypto {
+                Some(c) => {
+                    let mut send = c.send.lock().unwrap_or_else(PoisonError::into_inner);
+                    enc.finish(Some(&mut send)).map(<[u8]>::len)
+                }
+                None => enc.finish(None).map(<[u8]>::len),
+            };
+            match sealed {
+                Ok(len) => self.queue.commit(len, addr),
+                Err(err) => {
+                    tracing::warn!(%hop, %err, "cannot seal a datagram");
+                    shared.counters.drop(EngineDrop::SendFailed);
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, shared: &Shared) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let n = self.queue.len() as u64;
+        let mut failed = 0u64;
+        let mut too_big: Option<(SocketAddrV4, usize)> = None;
+        shared.socket.send(&mut self.queue, |_, len, to, err| {
+            failed += 1;
+            if err.raw_os_error() == Some(libc::EMSGSIZE) {
+                too_big = Some((to, len));
+            } else {
+                tracing::debug!(%to, %err, "datagram not sent");
+            }
+        });
+        let c = &shared.counters;
+        c.datagrams_sent.fetch_add(n - failed, Ordering::Relaxed);
+        for _ in 0..failed {
+            c.drop(EngineDrop::SendFailed);
+        }
+        if let Some((to, size)) = too_big {
+            // Tell the path thread: the kernel knows the path is smaller now.
+            let table = shared
+                .table
+                .current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            if let Some((peer, _)) = table.peers.iter().find(|(_, e)| e.addr == Some(to)) {
+                shared.ctl(Ctl::TooBig { peer: *peer, size });
+            }
+        }
+    }
+}
+
+// ----- the TAP thread -----
+
+fn tap_thread(shared: &Shared, max_frame: usize) {
+    let mut frames: Vec<Box<[u8]>> = (0..BATCH)
+        .map(|_| vec![0u8; max_frame].into_boxed_slice())
+        .collect();
+    let mut lens = [0usize; BATCH];
+    let mut table = (0, Arc::new(PeerTable::default()));
+    let mut out = Out::new(MAX_DATAGRAM);
+    let mut decision = Decision::new();
+    let mut decided: Vec<(u32, PeerName, FrameTag)> = Vec::with_capacity(BATCH * 2);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let mut n = 0;
+        while n < BATCH {
+            match shared.tap.read(&mut frames[n]) {
+                Ok(len) => {
+                    lens[n] = len;
+                    n += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    tracing::error!(%err, "reading the TAP device failed");
+                    std::thread::sleep(IDLE);
+                    break;
+                }
+            }
+        }
+        if n == 0 {
+            let _ = poll_readable(&shared.tap, IDLE);
+            continue;
+        }
+        shared.table.refresh(&mut table);
+        let now = Instant::now();
+        decided.clear();
+        {
+            let mut fwd = shared
+                .forwarder
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for i in 0..n {
+                fwd.handle_tap_frame(&frames[i][..lens[i]], now, &mut decision);
+                for o in &decision.outputs {
+                    decided.push((i as u32, o.next_hop, o.tag));
+                }
+            }
+        }
+        for &(i, hop, tag) in &decided {
+            let frame = &frames[i as usize][..lens[i as usize]];
+            out.add(shared, &table.1, hop, Src::Batch(i), frame, tag, true);
+        }
+        out.flush(shared, &table.1, |i| {
+            &frames[i as usize][..lens[i as usize]]
+        });
+    }
+}
+
+// ----- the UDP thread -----
+
+/// A frame of a received datagram: where it is, who sent the datagram, its tag.
+#[derive(Debug, Clone, Copy)]
+struct InFrame {
+    datagram: u32,
+    at: u32,
+    len: u32,
+    from: PeerName,
+    tag: FrameTag,
+}
+
+fn udp_thread(shared: &Shared) {
+    let mut rq = RecvQueue::new(BATCH, RECV_BUF);
+    let mut table = (0, Arc::new(PeerTable::default()));
+    let mut out = Out::new(MAX_DATAGRAM);
+    let mut decision = Decision::new();
+    let mut frames: Vec<InFrame> = Vec::with_capacity(BATCH * 4);
+    let mut relays: Vec<(u32, PeerName, FrameTag)> = Vec::with_capacity(BATCH * 4);
+    let mut inject: Vec<u32> = Vec::with_capacity(BATCH * 4);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let n = match shared.socket.recv(&mut rq) {
+            Ok(0) => continue,
+            Ok(n) => n,
+            Err(err) => {
+                tracing::error!(%err, "receiving on the data socket failed");
+                std::thread::sleep(IDLE);
+                continue;
+            }
+        };
+        shared.table.refresh(&mut table);
+        let now = Instant::now();
+        let now_ms = shared.ms_since_epoch(now);
+        frames.clear();
+        let c = &shared.counters;
+        c.datagrams_received.fetch_add(n as u64, Ordering::Relaxed);
+        for d in 0..n {
+            let (dg, from, truncated) = rq.datagram(d);
+            c.datagram_bytes_received
+                .fetch_add(dg.len() as u64, Ordering::Relaxed);
+            if truncated {
+                c.reject(Reject::Truncated);
+                continue;
+            }
+            open_one(shared, &table.1, d as u32, dg, from, now_ms, &mut frames);
+        }
+        if frames.is_empty() {
+            continue;
+        }
+        relays.clear();
+        inject.clear();
+        {
+            let mut fwd = shared
+                .forwarder
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (k, f) in frames.iter().enumerate() {
+                let payload =
+                    &rq.bytes(f.datagram as usize)[f.at as usize..(f.at + f.len) as usize];
+                fwd.handle_sleeve_frame(f.from, f.tag, payload, now, &mut decision);
+                if decision.inject {
+                    inject.push(k as u32);
+                }
+                for o in &decision.outputs {
+                    relays.push((k as u32, o.next_hop, o.tag));
+                }
+            }
+        }
+        let frame_bytes = |k: u32| {
+            let f = &frames[k as usize];
+            &rq.bytes(f.datagram as usize)[f.at as usize..(f.at + f.len) as usize]
+        };
+        for &k in &inject {
+            if shared.tap.write(frame_bytes(k), TAP_PATIENCE).is_err() {
+                c.drop(EngineDrop::TapWriteFailed);
+            }
+        }
+        if !relays.is_empty() {
+            for &(k, hop, tag) in &relays {
+                out.add(
+                    shared,
+                    &table.1,
+                    hop,
+                    Src::Batch(k),
+                    frame_bytes(k),
+                    tag,
+                    false,
+                );
+            }
+            out.flush(shared, &table.1, frame_bytes);
+        }
+    }
+}
+
+/// Opens datagram `d` (in place) and records its frames or passes on its control
+/// message; counts what it rejects.
+fn open_one(
+    shared: &Shared,
+    table: &PeerTable,
+    d: u32,
+    dg: &mut [u8],
+    from: SocketAddrV4,
+    now_ms: u64,
+    frames: &mut Vec<InFrame>,
+) {
+    let c = &shared.counters;
+    let header = match Header::parse(dg) {
+        Ok(h) => h,
+        Err(err) => return c.reject(Reject::Codec(err.as_str())),
+    };
+    let peer = header.sender;
+    let Some(entry) = table.peers.get(&peer) else {
+        return c.reject(Reject::UnknownSender);
+    };
+    let base = dg.as_ptr() as usize;
+    let opened = match &entry.crypto {
+        Some(crypto) => {
+            let mut recv = crypto.recv.lock().unwrap_or_else(PoisonError::into_inner);
+            sleeve::open(dg, Some(&mut recv))
+        }
+        None => sleeve::open(dg, None),
+    };
+    let opened = match opened {
+        Ok(o) => o,
+        Err(err) => return c.reject(Reject::Codec(err.as_str())),
+    };
+    let clear = entry.crypto.is_none();
+    match opened.body {
+        Body::Frames(list) => {
+            // Without keys the address is all that vouches for the sender.
+            if clear && entry.addr != Some(from) {
+                return c.reject(Reject::WrongAddress);
+            }
+            entry.last_rx.store(now_ms, Ordering::Relaxed);
+            for f in list {
+                frames.push(InFrame {
+                    datagram: d,
+                    at: (f.payload.as_ptr() as usize - base) as u32,
+                    len: f.payload.len() as u32,
+                    from: peer,
+                    tag: f.tag,
+                });
+            }
+        }
+        Body::Control(Control::Heartbeat { connection }) => {
+            if connection != entry.conn_uid {
+                return c.reject(Reject::StaleConnection);
+            }
+            entry.last_rx.store(now_ms, Ordering::Relaxed);
+            shared.ctl(Ctl::Heartbeat { peer, from });
+        }
+        Body::Control(Control::PmtuProbe { size }) => {
+            if clear && entry.addr != Some(from) {
+                return c.reject(Reject::WrongAddress);
+            }
+            entry.last_rx.store(now_ms, Ordering::Relaxed);
+            shared.ctl(Ctl::Probe { peer, size, from });
+        }
+        Body::Control(Control::PmtuAck { size }) => {
+            if clear && entry.addr != Some(from) {
+                return c.reject(Reject::WrongAddress);
+            }
+            entry.last_rx.store(now_ms, Ordering::Relaxed);
+            shared.ctl(Ctl::Ack { peer, size });
+        }
+    }
+}
+
+// ----- the path thread -----
+
+struct Conn {
+    path: PathState,
+    crypto: Option<Arc<PeerCrypto>>,
+    last_rx: Arc<AtomicU64>,
+    /// `last_rx` as last fed to the path.
+    seen_rx: u64,
+}
+
+fn path_thread(
+    shared: &Shared,
+    config: &EngineConfig,
+    ctl: &std_mpsc::Receiver<Ctl>,
+    events: &mpsc::UnboundedSender<EngineEvent>,
+) {
+    let mut conns: BTreeMap<PeerName, Conn> = BTreeMap::new();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
+    loop {
+        let now = Instant::now();
+        let deadline = conns
+            .values()
+            .filter_map(|c| c.path.poll_timeout())
+            .chain([next_sweep])
+            .min()
+            .unwrap_or(next_sweep);
+        let wait = deadline.saturating_duration_since(now).min(IDLE);
+        let mut changed = false;
+        match ctl.recv_timeout(wait) {
+            Ok(Ctl::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            Ok(msg) => {
+                changed |= handle_ctl(config, &mut conns, msg);
+                // Take whatever else is queued before running the timers.
+                while let Ok(msg) = ctl.try_recv() {
+                    if matches!(msg, Ctl::Stop) {
+                        return;
+                    }
+                    changed |= handle_ctl(config, &mut conns, msg);
+                }
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let now = Instant::now();
+        if now >= next_sweep {
+            next_sweep = now + SWEEP_INTERVAL;
+            shared
+                .forwarder
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .handle_timeout(now);
+        }
+        for (peer, conn) in &mut conns {
+            // Frames count as hearing the peer as much as heartbeats do.
+            let last = conn.last_rx.load(Ordering::Relaxed);
+            if last > conn.seen_rx {
+                conn.seen_rx = last;
+                conn.path
+                    .handle_datagram(shared.epoch + Duration::from_millis(last));
+            }
+            conn.path.handle_timeout(now);
+            changed |= drain_path(shared, *peer, conn, &mut buf, events);
+        }
+        if changed {
+            publish(shared, &conns);
+        }
+    }
+}
+
+/// Handles one command; true if the peer table must be rebuilt.
+fn handle_ctl(config: &EngineConfig, conns: &mut BTreeMap<PeerName, Conn>, msg: Ctl) -> bool {
+    let now = Instant::now();
+    match msg {
+        Ctl::PeerUp {
+            peer,
+            conn_uid,
+            addr,
+            keys,
+        } => {
+            let crypto = keys.map(|k| {
+                let (send, recv) = sleeve::split(&k);
+                Arc::new(PeerCrypto {
+                    send: Mutex::new(send),
+                    recv: Mutex::new(recv),
+                })
+            });
+            let path = PathState::new(
+                config.path.clone(),
+                conn_uid,
+                addr.map(SocketAddr::V4),
+                config.max_datagram,
+                now,
+            );
+            conns.insert(
+                peer,
+                Conn {
+                    path,
+                    crypto,
+                    last_rx: Arc::new(AtomicU64::new(0)),
+                    seen_rx: 0,
+                },
+            );
+            true
+        }
+        Ctl::PeerDown { peer, conn_uid } => {
+            if conns
+                .get(&peer)
+                .is_some_and(|c| c.path.conn_uid() == conn_uid)
+            {
+                conns.remove(&peer);
+                return true;
+            }
+            false
+        }
+        Ctl::Report { peer, report } => {
+            if let Some(conn) = conns.get_mut(&peer)
+                && conn.path.conn_uid() == report.conn_uid
+            {
+                conn.path.handle_report(report.heard, now);
+            }
+            false
+        }
+        Ctl::Heartbeat { peer, from } => {
+            if let Some(conn) = conns.get_mut(&peer) {
+                conn.path.handle_heartbeat(SocketAddr::V4(from), now);
+            }
+            false
+        }
+        Ctl::Probe { peer, size, from } => {
+            if let Some(conn) = conns.get_mut(&peer) {
+                conn.path.handle_probe(size, SocketAddr::V4(from));
+            }
+            false
+        }
+        Ctl::Ack { peer, size } => {
+            if let Some(conn) = conns.get_mut(&peer) {
+                conn.path.handle_ack(size, now);
+            }
+            false
+        }
+        Ctl::TooBig { peer, size } => {
+            if let Some(conn) = conns.get_mut(&peer) {
+                conn.path
+                    .handle_too_big(u16::try_from(size).unwrap_or(u16::MAX), now);
+            }
+            false
+        }
+        Ctl::Stop => false,
+    }
+}
+
+/// Sends what the path asks for and reports its events; true if the table changed.
+fn drain_path(
+    shared: &Shared,
+    peer: PeerName,
+    conn: &mut Conn,
+    buf: &mut [u8],
+    events: &mpsc::UnboundedSender<EngineEvent>,
+) -> bool {
+    let now = Instant::now();
+    while let Some(t) = conn.path.poll_transmit() {
+        let (to, control) = match t {
+            Transmit::Heartbeat { to, connection } => (to, Control::Heartbeat { connection }),
+            Transmit::Probe { to, size } => (to, Control::PmtuProbe { size }),
+            Transmit::Ack { to, size } => (to, Control::PmtuAck { size }),
+        };
+        let SocketAddr::V4(to) = to else { continue };
+        let encoded = match &conn.crypto {
+            Some(c) => {
+                let mut send = c.send.lock().unwrap_or_else(PoisonError::into_inner);
+                sleeve::encode_control(buf, shared.local, control, Some(&mut send))
+            }
+            None => sleeve::encode_control(buf, shared.local, control, None),
+        };
+        let datagram = match encoded {
+            Ok(d) => d,
+            Err(err) => {
+                tracing::debug!(%peer, %err, "control datagram not built");
+                continue;
+            }
+        };
+        match shared.socket.send_to(datagram, to) {
+            Ok(()) => {
+                shared
+                    .counters
+                    .datagrams_sent
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err) if err.raw_os_error() == Some(libc::EMSGSIZE) => {
+                if let Control::PmtuProbe { size } = control {
+                    conn.path.handle_too_big(size, now);
+                }
+            }
+            Err(err) => tracing::debug!(%peer, %to, %err, "control datagram not sent"),
+        }
+    }
+    let mut changed = false;
+    while let Some(event) = conn.path.poll_event() {
+        match event {
+            PathEvent::Tell { heard } => {
+                let report = PathReport {
+                    conn_uid: conn.path.conn_uid(),
+                    heard,
+                };
+                let _ = events.send(EngineEvent::Tell { peer, report });
+            }
+            PathEvent::Established(established) => {
+                tracing::info!(%peer, established, "UDP path");
+                let _ = events.send(EngineEvent::Established {
+                    peer,
+                    conn_uid: conn.path.conn_uid(),
+                    established,
+                });
+                changed = true;
+            }
+            PathEvent::Address(addr) => {
+                tracing::info!(%peer, %addr, "UDP address");
+                changed = true;
+            }
+            PathEvent::Mtu(size) => {
+                tracing::info!(%peer, datagram = size, "path MTU verified");
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+/// Rebuilds the peer table and the status from the paths.
+fn publish(shared: &Shared, conns: &BTreeMap<PeerName, Conn>) {
+    let mut table = PeerTable::default();
+    let mut status = BTreeMap::new();
+    for (peer, conn) in conns {
+        let addr = match conn.path.addr() {
+            Some(SocketAddr::V4(a)) => Some(a),
+            _ => None,
+        };
+        let entry = PeerEntry {
+            conn_uid: conn.path.conn_uid(),
+            addr,
+            max_datagram: usize::from(conn.path.max_datagram()),
+            crypto: conn.crypto.clone(),
+            last_rx: conn.last_rx.clone(),
+        };
+        status.insert(
+            *peer,
+            PathStatus {
+                conn_uid: entry.conn_uid,
+                addr: conn.path.addr(),
+                encrypted: entry.crypto.is_some(),
+                established: conn.path.is_established(),
+                pmtu: conn.path.pmtu(),
+                max_frame: entry.max_frame(),
+            },
+        );
+        table.peers.insert(*peer, entry);
+    }
+    shared.table.publish(table);
+    *shared.status.lock().unwrap_or_else(PoisonError::into_inner) = status;
+}

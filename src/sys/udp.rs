@@ -1,0 +1,402 @@
+//! The data plane's UDP socket: batches of datagrams in and out with one system call
+//! each (recvmmsg, sendmmsg), large socket buffers, Don't Fragment on everything sent.
+//!
+//! Buffers live in [`RecvQueue`] and [`SendQueue`], allocated once per thread and
+//! reused: the hot path allocates nothing. The socket is blocking, with a receive
+//! timeout so a receiving thread wakes up now and then to see whether it should stop.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use super::error::SysError;
+
+/// One IPv4 UDP socket, shared by the data plane's threads (the kernel serialises
+/// concurrent sends and receives on it).
+#[derive(Debug)]
+pub(crate) struct DataSocket {
+    fd: OwnedFd,
+}
+
+/// What [`DataSocket::bind`] got from the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SocketInfo {
+    pub(crate) recv_buffer: usize,
+    pub(crate) send_buffer: usize,
+}
+
+impl DataSocket {
+    /// Binds UDP `addr` with socket buffers of about `buffer` bytes each (forced past
+    /// the sysctl limits where we may: Weave lost 13-20 % of datagrams with the default
+    /// ones), Don't Fragment on every datagram (IP_PMTUDISC_DO: too-big sends fail with
+    /// EMSGSIZE, which PMTU discovery uses), and `recv_timeout` on receives.
+    pub(crate) fn bind(
+        addr: SocketAddrV4,
+        buffer: usize,
+        recv_timeout: Duration,
+    ) -> Result<(Self, SocketInfo), SysError> {
+        let io_err = |context: &str, source: io::Error| SysError::Io {
+            context: format!("{context} (UDP {addr})"),
+            source,
+        };
+        // SAFETY: socket(2) with constant arguments; the result is checked.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_UDP,
+            )
+        };
+        if raw < 0 {
+            return Err(io_err("creating the socket", io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` is a descriptor we just opened and own alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let sock = Self { fd };
+        let size = libc::c_int::try_from(buffer).unwrap_or(libc::c_int::MAX);
+        for (force, plain) in [
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        ] {
+            // FORCE needs CAP_NET_ADMIN; without it the plain option, capped by sysctl.
+            if sock.set_int(libc::SOL_SOCKET, force, size).is_err() {
+                sock.set_int(libc::SOL_SOCKET, plain, size)
+                    .map_err(|e| io_err("setting the socket buffer", e))?;
+            }
+        }
+        sock.set_int(
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
+        .map_err(|e| io_err("setting Don't Fragment", e))?;
+        let tv = libc::timeval {
+            tv_sec: libc::time_t::try_from(recv_timeout.as_secs()).unwrap_or(1),
+            tv_usec: libc::suseconds_t::from(recv_timeout.subsec_micros().max(1)),
+        };
+        // SAFETY: `tv` is a valid timeval that outlives the call; the size matches.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io_err(
+                "setting the receive timeout",
+                io::Error::last_os_error(),
+            ));
+        }
+        let sa = sockaddr(addr);
+        // SAFETY: `sa` is a valid sockaddr_in of the size given.
+        let rc = unsafe {
+            libc::bind(
+                sock.fd.as_raw_fd(),
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io_err("binding", io::Error::last_os_error()));
+        }
+        let info = SocketInfo {
+            recv_buffer: sock.get_int(libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap_or(0),
+            send_buffer: sock.get_int(libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap_or(0),
+        };
+        Ok((sock, info))
+    }
+
+    fn set_int(&self, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+        // SAFETY: `value` is a c_int that outlives the call; the size matches.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                level,
+                name,
+                (&raw const value).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn get_int(&self, level: libc::c_int, name: libc::c_int) -> io::Result<usize> {
+        let mut value: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `value` and `len` are valid for writes and sized as the kernel expects.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                level,
+                name,
+                (&raw mut value).cast(),
+                &raw mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(usize::try_from(value).unwrap_or(0))
+    }
+
+    /// Receives up to a queue's worth of datagrams, waiting (up to the receive timeout)
+    /// for the first only. Returns how many arrived; 0 on timeout.
+    pub(crate) fn recv(&self, q: &mut RecvQueue) -> io::Result<usize> {
+        let n = q.bufs.len();
+        for i in 0..n {
+            q.iovs[i] = libc::iovec {
+                iov_base: q.bufs[i].as_mut_ptr().cast(),
+                iov_len: q.bufs[i].len(),
+            };
+            // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
+            q.hdrs[i] = unsafe { zeroed() };
+            q.hdrs[i].msg_hdr.msg_iov = &raw mut q.iovs[i];
+            q.hdrs[i].msg_hdr.msg_iovlen = 1;
+            q.hdrs[i].msg_hdr.msg_name = (&raw mut q.addrs[i]).cast();
+            q.hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        }
+        // SAFETY: every header points at a live iovec, buffer and address of this
+        // queue, which stays borrowed mutably for the whole call; `n` is their count.
+        let rc = unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                q.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            return match err.kind() {
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::Interrupted => {
+                    q.count = 0;
+                    Ok(0)
+                }
+                _ => Err(err),
+            };
+        }
+        q.count = rc as usize;
+        Ok(q.count)
+    }
+
+    /// Sends one datagram now (control messages: heartbeats, probes, acks).
+    pub(crate) fn send_to(&self, datagram: &[u8], to: SocketAddrV4) -> io::Result<()> {
+        let sa = sockaddr(to);
+        // SAFETY: `datagram` and `sa` are valid for reads of the sizes given.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                datagram.as_ptr().cast(),
+                datagram.len(),
+                0,
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sends every datagram queued, in order, and empties the queue. A datagram the
+    /// kernel refuses is skipped and reported to `on_error` (its index, length,
+    /// destination and the error); the rest still go.
+    pub(crate) fn send(
+        &self,
+        q: &mut SendQueue,
+        mut on_error: impl FnMut(usize, usize, SocketAddrV4, io::Error),
+    ) {
+        let n = q.count;
+        for i in 0..n {
+            q.iovs[i] = libc::iovec {
+                iov_base: q.bufs[i].as_mut_ptr().cast(),
+                iov_len: q.lens[i],
+            };
+            q.addrs[i] = sockaddr(q.dests[i]);
+            // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
+            q.hdrs[i] = unsafe { zeroed() };
+            q.hdrs[i].msg_hdr.msg_iov = &raw mut q.iovs[i];
+            q.hdrs[i].msg_hdr.msg_iovlen = 1;
+            q.hdrs[i].msg_hdr.msg_name = (&raw mut q.addrs[i]).cast();
+            q.hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        }
+        let mut at = 0;
+        while at < n {
+            // SAFETY: headers `at..n` point at live iovecs, buffers and addresses of
+            // this queue, borrowed for the whole call.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    q.hdrs[at..].as_mut_ptr(),
+                    (n - at) as libc::c_uint,
+                    0,
+                )
+            };
+            if rc < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // The datagram at `at` failed: report it, carry on after it.
+                on_error(at, q.lens[at], q.dests[at], err);
+                at += 1;
+            } else {
+                at += rc as usize;
+            }
+        }
+        q.count = 0;
+    }
+}
+
+fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn from_sockaddr(sa: &libc::sockaddr_in) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+        u16::from_be(sa.sin_port),
+    )
+}
+
+/// Buffers for one [`DataSocket::recv`]: `n` datagrams of up to `size` bytes.
+pub(crate) struct RecvQueue {
+    bufs: Vec<Box<[u8]>>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    addrs: Vec<libc::sockaddr_in>,
+    count: usize,
+}
+
+// SAFETY: the raw pointers inside `iovs` and `hdrs` only ever point into this queue's
+// own buffers, and are rebuilt before each use; nothing else aliases them.
+unsafe impl Send for RecvQueue {}
+
+impl RecvQueue {
+    pub(crate) fn new(n: usize, size: usize) -> Self {
+        Self {
+            bufs: (0..n).map(|_| vec![0u8; size].into_boxed_slice()).collect(),
+            // SAFETY: all-zero iovecs, headers and addresses are valid values.
+            iovs: (0..n).map(|_| unsafe { zeroed() }).collect(),
+            hdrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
+            addrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
+            count: 0,
+        }
+    }
+
+    /// Datagrams received by the last [`DataSocket::recv`].
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The bytes of datagram `i` (after [`Self::datagram`] decrypted them in place).
+    pub(crate) fn bytes(&self, i: usize) -> &[u8] {
+        let len = (self.hdrs[i].msg_len as usize).min(self.bufs[i].len());
+        &self.bufs[i][..len]
+    }
+
+    /// Datagram `i`: its bytes (mutable, for decryption in place), where it came from,
+    /// and whether it was cut short (bigger than the buffer).
+    pub(crate) fn datagram(&mut self, i: usize) -> (&mut [u8], SocketAddrV4, bool) {
+        let len = (self.hdrs[i].msg_len as usize).min(self.bufs[i].len());
+        let truncated = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        let from = from_sockaddr(&self.addrs[i]);
+        (&mut self.bufs[i][..len], from, truncated)
+    }
+}
+
+/// Datagrams waiting for one [`DataSocket::send`]: up to `n` of up to `size` bytes.
+pub(crate) struct SendQueue {
+    bufs: Vec<Box<[u8]>>,
+    lens: Vec<usize>,
+    dests: Vec<SocketAddrV4>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    addrs: Vec<libc::sockaddr_in>,
+    count: usize,
+}
+
+// SAFETY: as for RecvQueue, the raw pointers only point into this queue's own buffers
+// and are rebuilt before each use.
+unsafe impl Send for SendQueue {}
+
+impl SendQueue {
+    pub(crate) fn new(n: usize, size: usize) -> Self {
+        Self {
+            bufs: (0..n).map(|_| vec![0u8; size].into_boxed_slice()).collect(),
+            lens: vec![0; n],
+            dests: vec![SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); n],
+            // SAFETY: all-zero iovecs, headers and addresses are valid values.
+            iovs: (0..n).map(|_| unsafe { zeroed() }).collect(),
+            hdrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
+            addrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
+            count: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.count == self.bufs.len()
+    }
+
+    /// The next free buffer, to build a datagram in; `None` when full (send first).
+    pub(crate) fn next_buf(&mut self) -> Option<&mut [u8]> {
+        self.bufs.get_mut(self.count).map(|b| &mut b[..])
+    }
+
+    /// Queues the first `len` bytes of the buffer [`Self::next_buf`] gave, for `to`.
+    pub(crate) fn commit(&mut self, len: usize, to: SocketAddrV4) {
+        assert!(self.count < self.bufs.len(), "commit without a free buffer");
+        self.lens[self.count] = len.min(self.bufs[self.count].len());
+        self.dests[self.count] = to;
+        self.count += 1;
+    }
+}
+
+/// Waits until `fd` is readable or `timeout` passes; true if readable.
+pub(crate) fn poll_readable(fd: &impl AsRawFd, timeout: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfd` is one valid pollfd, borrowed for the call.
+    let rc = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(err);
+    }
+    Ok(rc > 0 && pfd.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
+}

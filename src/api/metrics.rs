@@ -94,9 +94,78 @@ pub(crate) fn render(report: &Report) -> String {
         registry.register(name, help, counter);
     }
 
+    register_data_plane(&mut registry, report);
+
     let mut out = String::new();
     encode(&mut out, &registry).expect("encoding into a String cannot fail");
     out
+}
+
+type PeerLabels = [(&'static str, String); 2];
+type ReasonLabels = [(&'static str, String); 1];
+
+/// Frames and bytes per peer and direction, drops and rejections by reason.
+fn register_data_plane(registry: &mut Registry, report: &Report) {
+    let dp = &report.router.data_plane;
+    let frames = Family::<PeerLabels, Counter<u64>>::default();
+    let bytes = Family::<PeerLabels, Counter<u64>>::default();
+    for p in &dp.peers {
+        for (direction, f, b) in [
+            ("forwarded", p.forwarded_frames, p.forwarded_bytes),
+            ("relayed", p.relayed_frames, p.relayed_bytes),
+            ("received", p.received_frames, p.received_bytes),
+            ("injected", p.injected_frames, p.injected_bytes),
+        ] {
+            let labels = [
+                ("peer", p.name.clone()),
+                ("direction", direction.to_owned()),
+            ];
+            frames.get_or_create(&labels).inc_by(f);
+            bytes.get_or_create(&labels).inc_by(b);
+        }
+    }
+    registry.register(
+        "weave_frames",
+        "Frames per peer: forwarded from our TAP and relayed to it as next hop, received in its datagrams, injected into our TAP from it as origin",
+        frames,
+    );
+    registry.register("weave_frame_bytes", "Bytes of those frames", bytes);
+    let dropped = Family::<ReasonLabels, Counter<u64>>::default();
+    for (reason, n) in &dp.dropped_frames {
+        dropped
+            .get_or_create(&[("reason", reason.clone())])
+            .inc_by(*n);
+    }
+    registry.register(
+        "weave_dropped_frames",
+        "Frames (or copies of them) the data plane dropped, by reason",
+        dropped,
+    );
+    let rejected = Family::<ReasonLabels, Counter<u64>>::default();
+    for (reason, n) in &dp.rejected_datagrams {
+        rejected
+            .get_or_create(&[("reason", reason.clone())])
+            .inc_by(*n);
+    }
+    registry.register(
+        "weave_rejected_datagrams",
+        "Datagrams received and not used (failed authentication, replayed, unknown sender...), by reason",
+        rejected,
+    );
+    let captured = Counter::<u64>::default();
+    captured.inc_by(dp.captured_frames);
+    registry.register(
+        "weave_captured_frames",
+        "Frames read from the router's port on the bridge",
+        captured,
+    );
+    let mtu = Gauge::<i64>::default();
+    mtu.set(i64::from(report.router.overlay_mtu));
+    registry.register(
+        "weave_overlay_mtu",
+        "MTU of containers' overlay interfaces",
+        mtu,
+    );
 }
 
 fn labels(state: &str, kind: &str, encryption: &str) -> ConnectionLabels {
@@ -174,6 +243,7 @@ mod tests {
         assert_eq!(
             samples(&text),
             [
+                "weave_captured_frames_total 0",
                 "weave_connection_terminations_total 7",
                 r#"weave_connections{state="connecting",type="",encryption=""} 0"#,
                 r#"weave_connections{state="established",type="",encryption="no"} 1"#,
@@ -184,10 +254,46 @@ mod tests {
                 "weave_control_bytes_received_total 5678",
                 "weave_control_bytes_sent_total 1234",
                 "weave_gossip_rejected_total 2",
+                "weave_overlay_mtu 0",
                 "weave_peers 3",
                 "weave_targets 1",
             ]
         );
+    }
+
+    #[test]
+    fn renders_data_plane_counters() {
+        use crate::report::{DataPlaneReport, PeerTraffic};
+        let mut report = Report::default();
+        report.router.overlay_mtu = 1412;
+        report.router.data_plane = DataPlaneReport {
+            captured_frames: 9,
+            dropped_frames: [("no_route".to_owned(), 3), ("too_big".to_owned(), 0)].into(),
+            rejected_datagrams: [("authentication".to_owned(), 5)].into(),
+            peers: vec![PeerTraffic {
+                name: "02:00:00:00:00:02".to_owned(),
+                forwarded_frames: 4,
+                forwarded_bytes: 400,
+                injected_frames: 2,
+                injected_bytes: 100,
+                ..PeerTraffic::default()
+            }],
+            ..DataPlaneReport::default()
+        };
+        let text = render(&report);
+        let samples = samples(&text);
+        for line in [
+            r#"weave_frames_total{peer="02:00:00:00:00:02",direction="forwarded"} 4"#,
+            r#"weave_frames_total{peer="02:00:00:00:00:02",direction="injected"} 2"#,
+            r#"weave_frame_bytes_total{peer="02:00:00:00:00:02",direction="forwarded"} 400"#,
+            r#"weave_dropped_frames_total{reason="no_route"} 3"#,
+            r#"weave_dropped_frames_total{reason="too_big"} 0"#,
+            r#"weave_rejected_datagrams_total{reason="authentication"} 5"#,
+            "weave_captured_frames_total 9",
+            "weave_overlay_mtu 1412",
+        ] {
+            assert!(samples.contains(&line), "{line} missing from {text}");
+        }
     }
 
     #[test]

@@ -497,12 +497,11 @@ impl Out {
         &mut self,
         shared: &Shared,
         table: &PeerTable,
-        hop: PeerName,
-        src: Src,
+        copy: OutFrame,
         frame: &[u8],
-        tag: FrameTag,
         from_tap: bool,
     ) {
+        let OutFrame { hop, src, tag } = copy;
         let Some(entry) = table.peers.get(&hop) else {
             shared.counters.drop(EngineDrop::NoAddress);
             return;
@@ -715,7 +714,17 @@ fn tap_thread(shared: &Shared, max_frame: usize) {
         }
         for &(i, hop, tag) in &decided {
             let frame = &frames[i as usize][..lens[i as usize]];
-            out.add(shared, &table.1, hop, Src::Batch(i), frame, tag, true);
+            out.add(
+                shared,
+                &table.1,
+                OutFrame {
+                    hop,
+                    src: Src::Batch(i),
+                    tag,
+                },
+                frame,
+                true,
+            );
         }
         out.flush(shared, &table.1, |i| {
             &frames[i as usize][..lens[i as usize]]
@@ -802,15 +811,12 @@ fn udp_thread(shared: &Shared) {
         }
         if !relays.is_empty() {
             for &(k, hop, tag) in &relays {
-                out.add(
-                    shared,
-                    &table.1,
+                let copy = OutFrame {
                     hop,
-                    Src::Batch(k),
-                    frame_bytes(k),
+                    src: Src::Batch(k),
                     tag,
-                    false,
-                );
+                };
+                out.add(shared, &table.1, copy, frame_bytes(k), false);
             }
             out.flush(shared, &table.1, frame_bytes);
         }

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Data-plane benchmark: two hosts in network namespaces joined by one veth, each with a
+# container namespace on its `weave` bridge. In one run, single-stream TCP throughput
+# (iperf3 -t 10) and ping latency (100 pings, 10 ms apart) for:
+#   1. the plain veth between the hosts (the baseline),
+#   2. our overlay without a password,
+#   3. our overlay with a password (ChaCha20-Poly1305),
+# each with its ratio to the baseline. Needs root, iperf3, ping, ip.
+#
+#   benches/router_bench.sh            # builds release first
+#   DURATION=5 benches/router_bench.sh # shorter runs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+cargo build --release --quiet --bin weave
+WEAVE=$(realpath "$TARGET_DIR/release/weave")
+
+P="wb$$"
+H1="$P-h1"; H2="$P-h2"; C1="$P-c1"; C2="$P-c2"
+DIR=$(mktemp -d /tmp/weave-bench.XXXXXX)
+
+cleanup() {
+    for h in "$H1" "$H2"; do
+        ip netns pids "$h" 2>/dev/null | xargs -r kill 2>/dev/null || true
+    done
+    sleep 0.3
+    for ns in "$C1" "$C2" "$H1" "$H2"; do
+        ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+for ns in "$H1" "$H2" "$C1" "$C2"; do
+    ip netns add "$ns"
+    nsx "$ns" ip link set lo up
+done
+ip link add eth0 netns "$H1" type veth peer name eth0 netns "$H2"
+nsx "$H1" ip addr add 192.0.2.1/24 dev eth0
+nsx "$H2" ip addr add 192.0.2.2/24 dev eth0
+nsx "$H1" ip link set eth0 up
+nsx "$H2" ip link set eth0 up
+
+# Prints "<Mbit/s> <ping avg ms>" for traffic from namespace $1 to address $2 (an
+# iperf3 server runs in namespace $3).
+measure() {
+    local from=$1 to=$2 server=$3
+    nsx "$server" iperf3 -s -1 -D -p 5201 >/dev/null
+    sleep 0.3
+    local mbits
+    mbits=$(nsx "$from" iperf3 -c "$to" -p 5201 -t "$DURATION" -f m 2>/dev/null \
+        | awk '/receiver/ { print $7 }')
+    local avg
+    avg=$(nsx "$from" ping -q -c 100 -i 0.01 "$to" | awk -F/ '/rtt/ { print $5 }')
+    echo "${mbits:-0} ${avg:-nan}"
+}
+
+launch() {
+    local host=$1; shift
+    nsx "$host" env WEAVE_STATE_DIR="$DIR/$host" "$WEAVE" launch --nickname "$host" "$@" >/dev/null
+}
+
+plumb() {
+    local host=$1 c=$2 addr=$3 mtu
+    mtu=$(nsx "$host" env "$WEAVE" report -f '{{.Router.OverlayMtu}}')
+    ip link add "vw$c" netns "$host" mtu "$mtu" type veth peer name ethwe netns "$c" mtu "$mtu"
+    nsx "$host" ip link set "vw$c" master weave up
+    nsx "$c" ip addr add "$addr/16" dev ethwe
+    nsx "$c" ip link set ethwe up
+}
+
+unplumb() {
+    nsx "$H1" ip link del "vw$C1" 2>/dev/null || true
+    nsx "$H2" ip link del "vw$C2" 2>/dev/null || true
+}
+
+wait_ping() {
+    for _ in $(seq 1 100); do
+        nsx "$1" ping -q -c 1 -W 1 "$2" >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    echo "no ping from $1 to $2" >&2
+    return 1
+}
+
+overlay() {
+    launch "$H1" "$@"
+    launch "$H2" "$@" 192.0.2.1
+    plumb "$H1" "$C1" 198.18.0.1
+    plumb "$H2" "$C2" 198.18.0.2
+    wait_ping "$C1" 198.18.0.2
+    measure "$C1" 198.18.0.2 "$C2"
+    nsx "$H1" "$WEAVE" reset >/dev/null 2>&1 || true
+    nsx "$H2" "$WEAVE" reset >/dev/null 2>&1 || true
+    unplumb
+}
+
+echo "measuring: veth baseline" >&2
+result=$(measure "$H1" 192.0.2.2 "$H2")
+read -r base_mbit base_ping <<< "$result"
+echo "measuring: overlay, no password" >&2
+result=$(overlay)
+read -r clear_mbit clear_ping <<< "$result"
+echo "measuring: overlay, password" >&2
+result=$(overlay --password bench-secret)
+read -r sealed_mbit sealed_ping <<< "$result"
+
+awk -v b="$base_mbit" -v bp="$base_ping" \
+    -v c="$clear_mbit" -v cp="$clear_ping" \
+    -v s="$sealed_mbit" -v sp="$sealed_ping" 'BEGIN {
+    printf "%-22s %10s %8s %12s %12s\n", "path", "Gbit/s", "ratio", "ping avg ms", "ping +ms"
+    printf "%-22s %10.2f %8.3f %12.3f %12.3f\n", "veth (baseline)", b/1000, 1, bp, 0
+    printf "%-22s %10.2f %8.3f %12.3f %12.3f\n", "overlay unencrypted", c/1000, (b>0?c/b:0), cp, cp-bp
+    printf "%-22s %10.2f %8.3f %12.3f %12.3f\n", "overlay encrypted", s/1000, (b>0?s/b:0), sp, sp-bp
+}'

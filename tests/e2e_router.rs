@@ -1,0 +1,434 @@
+//! End-to-end tests of the data plane: the real `weave` binary in network namespaces,
+//! containers plumbed by the test itself (a veth pair: `ethwe` with an overlay address
+//! inside the container's namespace, the other end on the host's `weave` bridge), and
+//! real traffic: ping, iperf3, tcpdump on the underlay.
+
+#[path = "lab/mod.rs"]
+mod lab;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use lab::{Container, Host, Lab, wait_until};
+use serde_json::Value;
+
+const WEAVE: &str = env!("CARGO_BIN_EXE_weave");
+const WAIT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(200);
+const PASSWORD: &str = "s3cret-for-tests";
+
+/// `weave launch` on `host` with `args`; panics with the output if it fails.
+fn launch(host: &Host, args: &[&str]) {
+    let mut argv = vec!["weave", "launch", "--nickname", host.name()];
+    argv.extend_from_slice(args);
+    host.run(&argv).expect_ok();
+}
+
+fn report(host: &Host) -> Value {
+    let out = host.run(&["weave", "report"]).expect_ok();
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", out.stdout))
+}
+
+/// Waits until `host` has `n` established connections.
+fn wait_established(host: &Host, n: usize) {
+    wait_until(
+        &format!("{} has {n} established connections", host.name()),
+        WAIT,
+        POLL,
+        || {
+            let r = report(host);
+            let states: Vec<String> = r["Router"]["Connections"]
+                .as_array()
+                .ok_or("no connections")?
+                .iter()
+                .map(|c| c["State"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            if states.iter().filter(|s| *s == "established").count() == n {
+                Ok(())
+            } else {
+                Err(format!("{states:?}"))
+            }
+        },
+    )
+    .unwrap();
+}
+
+/// Plumbs `c` into `host`'s bridge with `addr`/16 and the overlay MTU from the report.
+fn plumb(host: &Host, c: &Container, addr: Ipv4Addr) {
+    let mtu = report(host)["Router"]["OverlayMtu"]
+        .as_u64()
+        .expect("OverlayMtu in the report")
+        .to_string();
+    let host_end = format!("vw{}", c.name());
+    host.run(&[
+        "ip",
+        "link",
+        "add",
+        &host_end,
+        "mtu",
+        &mtu,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "ethwe",
+        "mtu",
+        &mtu,
+        "netns",
+        c.netns(),
+    ])
+    .expect_ok();
+    host.run(&["ip", "link", "set", &host_end, "master", "weave", "up"])
+        .expect_ok();
+    c.run(&["ip", "addr", "add", &format!("{addr}/16"), "dev", "ethwe"])
+        .expect_ok();
+    c.run(&["ip", "link", "set", "ethwe", "up"]).expect_ok();
+}
+
+fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, last)
+}
+
+/// Two hosts on the underlay, a container on each; launched with `args`.
+fn two_hosts(lab: &mut Lab, args: &[&str]) -> (Host, Host, Container, Container) {
+    let (a, b) = (lab.host("a"), lab.host("b"));
+    launch(&a, args);
+    let mut b_args = args.to_vec();
+    let seed = a.ip().to_string();
+    b_args.push(&seed);
+    launch(&b, &b_args);
+    wait_established(&a, 1);
+    wait_established(&b, 1);
+    let (ca, cb) = (lab.container(&a, "ca"), lab.container(&b, "cb"));
+    plumb(&a, &ca, ip(1));
+    plumb(&b, &cb, ip(2));
+    (a, b, ca, cb)
+}
+
+/// "WEAVEWEAVEWEAVEW" as ping's hex pattern: recognisable in a capture.
+const PATTERN_HEX: &str = "57454156455745415645574541564557";
+const PATTERN: &str = "WEAVEWEAVE";
+
+/// Pings with the pattern while capturing the underlay on `host`; returns what
+/// tcpdump printed (payloads as ASCII).
+fn capture_pings(host: &Host, from: &Container, to: Ipv4Addr) -> String {
+    let cap = host.spawn(&[
+        "timeout", "10", "tcpdump", "-i", "eth0", "-nn", "-l", "-A", "-c", "12", "udp", "port",
+        "6783",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    from.run(&[
+        "ping",
+        "-n",
+        "-q",
+        "-c",
+        "5",
+        "-i",
+        "0.2",
+        "-s",
+        "200",
+        "-p",
+        PATTERN_HEX,
+        &to.to_string(),
+    ])
+    .expect_ok();
+    wait_until("tcpdump to finish", Duration::from_secs(15), POLL, || {
+        if cap.is_running() {
+            Err("running")
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap();
+    cap.log()
+}
+
+/// iperf3 for a bounded time from `client` to `server_ip`; returns Mbit/s received.
+fn iperf(client: &Container, server: &Container, server_ip: Ipv4Addr) -> f64 {
+    let srv = server.spawn(&["iperf3", "-s", "-1"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = client
+        .cmd(&["iperf3", "-c", &server_ip.to_string(), "-t", "3", "-f", "m"])
+        .timeout(Duration::from_secs(20))
+        .run()
+        .expect_ok();
+    srv.stop(Duration::from_secs(2));
+    out.stdout
+        .lines()
+        .find(|l| l.contains("receiver"))
+        .and_then(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "Mbits/sec")?;
+            words.get(at - 1)?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no iperf3 result in {}", out.stdout))
+}
+
+#[test]
+fn containers_on_two_hosts_ping_without_password() {
+    let mut lab = Lab::new("router_plain", WEAVE);
+    let (a, b, ca, cb) = two_hosts(&mut lab, &[]);
+    // No MAC is known yet: the first ping needs ARP, a broadcast across hosts.
+    assert!(
+        ca.run(&["ip", "neigh", "show", "dev", "ethwe"])
+            .stdout
+            .trim()
+            .is_empty()
+    );
+    ca.wait_ping(ip(2), WAIT).unwrap();
+    assert!(cb.ping(ip(1)));
+    let neigh = ca
+        .run(&["ip", "neigh", "show", ip(2).to_string().as_str()])
+        .stdout;
+    assert!(
+        neigh.contains("lladdr"),
+        "ARP resolved across hosts: {neigh}"
+    );
+    let conns = a
+        .run(&["weave", "status", "connections"])
+        .expect_ok()
+        .stdout;
+    assert!(conns.contains("established"), "{conns}");
+    assert!(conns.contains("sleeve"), "{conns}");
+    assert!(conns.contains("mtu=1436"), "{conns}");
+    assert!(!conns.contains("encrypted"), "{conns}");
+    let r = report(&a);
+    assert_eq!(r["Router"]["OverlayMtu"], 1436);
+    assert!(r["Router"]["DataPlane"]["DatagramsSent"].as_u64() > Some(0));
+    // Without a password the payload crosses the underlay in clear.
+    let capture = capture_pings(&a, &ca, ip(2));
+    assert!(capture.contains(PATTERN), "{capture}");
+    let mbits = iperf(&ca, &cb, ip(2));
+    assert!(mbits > 0.0);
+    let metrics = b.run(&["sh", "-c", "wget -q -O - http://127.0.0.1:6782/metrics 2>/dev/null || curl -s http://127.0.0.1:6782/metrics"]).stdout;
+    if !metrics.is_empty() {
+        assert!(metrics.contains("weave_frames_total"), "{metrics}");
+    }
+}
+
+#[test]
+fn containers_on_two_hosts_with_a_password_are_encrypted() {
+    let mut lab = Lab::new("router_sealed", WEAVE);
+    let (a, _b, ca, cb) = two_hosts(&mut lab, &["--password", PASSWORD]);
+    ca.wait_ping(ip(2), WAIT).unwrap();
+    let conns = a
+        .run(&["weave", "status", "connections"])
+        .expect_ok()
+        .stdout;
+    assert!(conns.contains("encrypted"), "{conns}");
+    assert!(conns.contains("mtu=1412"), "{conns}");
+    assert_eq!(report(&a)["Router"]["OverlayMtu"], 1412);
+    let capture = capture_pings(&a, &ca, ip(2));
+    assert!(
+        capture.contains("6783"),
+        "the capture saw the sleeve: {capture}"
+    );
+    assert!(
+        !capture.contains(PATTERN),
+        "payload in clear on the underlay: {capture}"
+    );
+    let mbits = iperf(&ca, &cb, ip(2));
+    assert!(mbits > 0.0);
+}
+
+#[test]
+fn line_topology_relays_through_the_middle_and_heals_after_a_cut() {
+    let mut lab = Lab::new("router_line", WEAVE);
+    let (a, b, c) = (
+        lab.isolated_host("a"),
+        lab.isolated_host("b"),
+        lab.isolated_host("c"),
+    );
+    let ab = lab.link(&a, &b);
+    let bc = lab.link(&b, &c);
+    launch(&b, &[]);
+    launch(&a, &[&ab.ip_of(&b).to_string()]);
+    launch(&c, &[&bc.ip_of(&b).to_string()]);
+    wait_established(&b, 2);
+    wait_established(&a, 1);
+    wait_established(&c, 1);
+    let (ca, cc) = (lab.container(&a, "ca"), lab.container(&c, "cc"));
+    plumb(&a, &ca, ip(1));
+    plumb(&c, &cc, ip(3));
+    ca.wait_ping(ip(3), WAIT).unwrap();
+    assert!(cc.ping(ip(1)));
+    let relayed: u64 = report(&b)["Router"]["DataPlane"]["Peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .map(|p| p["RelayedFrames"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(relayed > 0, "B relayed the frames");
+
+    bc.cut();
+    wait_until("A and C to lose each other", WAIT * 2, POLL, || {
+        if ca.ping(ip(3)) {
+            Err("still answers")
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap();
+    bc.restore();
+    ca.wait_ping(ip(3), WAIT * 3).unwrap();
+    assert!(cc.ping(ip(1)));
+}
+
+#[test]
+fn wrong_password_can_neither_join_nor_inject() {
+    let mut lab = Lab::new("router_intruder", WEAVE);
+    let (a, b, ca, cb) = two_hosts(&mut lab, &["--password", PASSWORD]);
+    ca.wait_ping(ip(2), WAIT).unwrap();
+    let intruder = lab.host("x");
+    launch(
+        &intruder,
+        &["--password", "not-the-password", &a.ip().to_string()],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let peers = report(&a)["Router"]["Peers"]
+        .as_array()
+        .expect("peers")
+        .len();
+    assert_eq!(peers, 2, "the intruder did not join");
+
+    // Forge datagrams claiming to come from B: sealed with garbage, and clear.
+    let b_name = report(&b)["Router"]["Name"]
+        .as_str()
+        .expect("name")
+        .replace(':', "");
+    let a_name = report(&a)["Router"]["Name"]
+        .as_str()
+        .expect("name")
+        .replace(':', "");
+    let bytes = |hex: &str| -> String {
+        (0..6)
+            .map(|i| format!("\\x{}", &hex[2 * i..2 * i + 2]))
+            .collect()
+    };
+    let (name_bytes, dst_bytes) = (bytes(&b_name), bytes(&a_name));
+    let before = report(&a)["Router"]["DataPlane"]["RejectedDatagrams"].clone();
+    let watch = ca.spawn(&[
+        "timeout",
+        "6",
+        "tcpdump",
+        "-i",
+        "ethwe",
+        "-nn",
+        "-l",
+        "-A",
+        "ether",
+        "broadcast",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let frame =
+        "\\xff\\xff\\xff\\xff\\xff\\xff\\x02\\x00\\x00\\x00\\x00\\x99\\x08\\x00INJECTEDINJECTED";
+    let script = format!(
+        "for i in 1 2 3 4 5; do \
+           printf '\\x18{name_bytes}\\x00\\x00\\x00\\x00\\x00\\x00\\x10\\x00{name_bytes}{dst_bytes}\\x40\\x00\\x1e{frame}0123456789abcdef' > /dev/udp/{ip}/6783; \
+           printf '\\x10{name_bytes}{name_bytes}{dst_bytes}\\x40\\x00\\x1e{frame}' > /dev/udp/{ip}/6783; \
+         done",
+        ip = a.ip()
+    );
+    intruder.run(&["bash", "-c", &script]).expect_ok();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = report(&a)["Router"]["DataPlane"]["RejectedDatagrams"].clone();
+    let count = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+    assert!(
+        count(&after, "authentication") >= count(&before, "authentication") + 5,
+        "{before} -> {after}"
+    );
+    assert!(
+        count(&after, "clear_when_keyed") >= count(&before, "clear_when_keyed") + 5,
+        "{before} -> {after}"
+    );
+    wait_until("tcpdump to finish", Duration::from_secs(10), POLL, || {
+        if watch.is_running() {
+            Err("running")
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap();
+    assert!(!watch.log().contains("INJECTED"), "{}", watch.log());
+    // The real peers still talk.
+    assert!(ca.ping(ip(2)));
+    assert!(cb.ping(ip(1)));
+}
+
+#[test]
+fn big_packets_on_a_1500_underlay_are_never_silently_lost() {
+    let mut lab = Lab::new("router_mtu", WEAVE);
+    // Containers get 8000 bytes, the underlay carries 1500: every big packet is either
+    // fragmented by the router or answered with ICMP fragmentation-needed.
+    let (a, b, ca, cb) = two_hosts(&mut lab, &["--mtu", "8000"]);
+    assert_eq!(report(&a)["Router"]["OverlayMtu"], 8000);
+    ca.wait_ping(ip(2), WAIT).unwrap();
+    // Don't Fragment: the first try is answered with frag-needed, the retry fits.
+    let df_ping = || {
+        ca.cmd(&[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-s",
+            "7000",
+            "-M",
+            "want",
+            &ip(2).to_string(),
+        ])
+        .timeout(Duration::from_secs(5))
+        .run()
+        .success()
+    };
+    wait_until("a DF ping of 7000 bytes", WAIT, POLL, || {
+        if df_ping() { Ok(()) } else { Err("no reply") }
+    })
+    .unwrap();
+    let r = report(&a);
+    assert!(
+        r["Router"]["DataPlane"]["DroppedFrames"]["too_big_icmp_sent"].as_u64() > Some(0),
+        "{r}"
+    );
+    // May fragment: the router fragments (-M dont).
+    let out = cb
+        .run(&[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "2",
+            "-W",
+            "2",
+            "-s",
+            "5000",
+            "-M",
+            "dont",
+            &ip(1).to_string(),
+        ])
+        .expect_ok();
+    assert!(out.stdout.contains(" 0% packet loss"), "{}", out.stdout);
+    let r = report(&b);
+    assert!(
+        r["Router"]["DataPlane"]["FragmentedFrames"].as_u64() > Some(0),
+        "{r}"
+    );
+    // Near the path MTU with Don't Fragment.
+    assert!(ca.ping_sized(ip(2), 1408, true));
+}
+
+#[test]
+fn default_mtu_carries_full_size_packets_and_refuses_bigger_ones_locally() {
+    let mut lab = Lab::new("router_mtu_default", WEAVE);
+    let (_a, _b, ca, _cb) = two_hosts(&mut lab, &[]);
+    ca.wait_ping(ip(2), WAIT).unwrap();
+    assert!(ca.ping_sized(ip(2), 1436 - 28, true));
+    assert!(
+        !ca.ping_sized(ip(2), 1436 - 27, true),
+        "bigger than ethwe: refused locally"
+    );
+    // Without DF the container's own stack fragments.
+    assert!(ca.ping_sized(ip(2), 8000, false));
+}

@@ -35,6 +35,7 @@
 
 pub mod forward;
 pub mod icmp;
+pub mod offload;
 pub mod path;
 pub mod sleeve;
 

@@ -40,6 +40,10 @@ pub struct PathConfig {
     pub pmtu_granularity: u16,
     /// The path MTU is measured again this often (paths change).
     pub pmtu_recheck: Duration,
+    /// Size of the probe, sent without Don't Fragment once the path MTU is known, that
+    /// tells whether IP fragments get through (then offloaded super-frames may travel
+    /// whole, fragmented by the kernel).
+    pub frag_probe_size: u16,
 }
 
 impl Default for PathConfig {
@@ -53,6 +57,7 @@ impl Default for PathConfig {
             pmtu_floor: 576 - IPV4_UDP_OVERHEAD as u16,
             pmtu_granularity: 8,
             pmtu_recheck: Duration::from_secs(600),
+            frag_probe_size: 65_000,
         }
     }
 }
@@ -64,6 +69,9 @@ pub enum Transmit {
     Heartbeat { to: SocketAddr, connection: u64 },
     /// A PMTU probe of exactly `size` bytes (UDP payload), Don't Fragment.
     Probe { to: SocketAddr, size: u16 },
+    /// A PMTU probe of exactly `size` bytes sent *without* Don't Fragment: if it is
+    /// acknowledged, fragments pass the path.
+    FragProbe { to: SocketAddr, size: u16 },
     /// The answer to a probe that arrived.
     Ack { to: SocketAddr, size: u16 },
 }
@@ -79,6 +87,8 @@ pub enum PathEvent {
     Address(SocketAddr),
     /// The largest datagram (UDP payload) that passes the path, as measured.
     Mtu(u16),
+    /// Whether datagrams bigger than the path MTU arrive (fragmented and reassembled).
+    Fragmentation(bool),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +126,9 @@ pub struct PathState {
     established: bool,
     next_heartbeat: Instant,
     pmtu: Pmtu,
+    /// Whether fragments pass, once tested; the test in flight.
+    fragments: Option<bool>,
+    frag_probe: Option<Probe>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<PathEvent>,
 }
@@ -154,6 +167,8 @@ impl PathState {
             established: false,
             next_heartbeat: now,
             pmtu,
+            fragments: None,
+            frag_probe: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             config,
@@ -196,6 +211,12 @@ impl PathState {
         self.pmtu.verified.unwrap_or(self.pmtu.ceiling)
     }
 
+    /// Whether datagrams bigger than the path MTU arrive (the kernel fragments them and
+    /// the peer's reassembles): tested once the path MTU is known.
+    pub fn allows_fragments(&self) -> bool {
+        self.fragments == Some(true)
+    }
+
     /// An authenticated heartbeat for this connection arrived from `from`.
     pub fn handle_heartbeat(&mut self, from: SocketAddr, now: Instant) {
         if self.addr != Some(from) {
@@ -232,6 +253,11 @@ impl PathState {
 
     /// The peer acknowledged a probe of `size` bytes: that size passes.
     pub fn handle_ack(&mut self, size: u16, now: Instant) {
+        if self.frag_probe.is_some() && size == self.config.frag_probe_size {
+            self.frag_probe = None;
+            self.set_fragments(true);
+            return;
+        }
         let p = &mut self.pmtu;
         if !p.searching || size <= p.lo {
             return;
@@ -272,6 +298,16 @@ impl PathState {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(probe) = self.frag_probe
+            && now >= probe.deadline
+        {
+            if probe.tries < self.config.probe_tries {
+                self.send_frag_probe(probe.tries + 1, now);
+            } else {
+                self.frag_probe = None;
+                self.set_fragments(false);
+            }
+        }
         if let Some(probe) = self.pmtu.probe
             && now >= probe.deadline
         {
@@ -314,6 +350,7 @@ impl PathState {
         };
         consider(self.addr.map(|_| self.next_heartbeat));
         consider(self.pmtu.probe.map(|p| p.deadline));
+        consider(self.frag_probe.map(|p| p.deadline));
         // Only while we hear the peer: a search cannot start otherwise, and the moment
         // we stop hearing it is what the last deadline is for.
         if self.told == Some(true) {
@@ -356,6 +393,12 @@ impl PathState {
             if changed {
                 self.events.push_back(PathEvent::Mtu(found));
             }
+            if found >= self.config.frag_probe_size {
+                // The path carries anything whole.
+                self.set_fragments(true);
+            } else {
+                self.send_frag_probe(1, now);
+            }
             return;
         }
         // Optimistic first: most paths carry the whole interface MTU.
@@ -366,6 +409,26 @@ impl PathState {
         };
         p.probed = true;
         self.send_probe(size, 1, now);
+    }
+
+    fn send_frag_probe(&mut self, tries: u8, now: Instant) {
+        let Some(to) = self.addr else {
+            return;
+        };
+        let size = self.config.frag_probe_size;
+        self.frag_probe = Some(Probe {
+            size,
+            tries,
+            deadline: now + self.config.probe_timeout * 3,
+        });
+        self.transmits.push_back(Transmit::FragProbe { to, size });
+    }
+
+    fn set_fragments(&mut self, ok: bool) {
+        if self.fragments != Some(ok) {
+            self.fragments = Some(ok);
+            self.events.push_back(PathEvent::Fragmentation(ok));
+        }
     }
 
     fn send_probe(&mut self, size: u16, tries: u8, now: Instant) {

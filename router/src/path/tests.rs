@@ -22,6 +22,8 @@ struct Pair {
     /// What the sending kernel refuses with EMSGSIZE (its interface MTU).
     local_limit: u16,
     cut: bool,
+    /// Whether fragmented datagrams get through.
+    fragments_pass: bool,
     a_events: Vec<PathEvent>,
     b_events: Vec<PathEvent>,
     sent_probes: usize,
@@ -42,6 +44,7 @@ impl Pair {
             path_mtu,
             local_limit: u16::MAX,
             cut: false,
+            fragments_pass: true,
             a_events: Vec::new(),
             b_events: Vec::new(),
             sent_probes: 0,
@@ -67,6 +70,9 @@ impl Pair {
                             size
                         }
                         Transmit::Ack { .. } => 33,
+                        // Sent without Don't Fragment: only whether fragments pass matters.
+                        Transmit::FragProbe { .. } if self.fragments_pass => 0,
+                        Transmit::FragProbe { .. } => continue,
                     };
                     if let Transmit::Probe { size, .. } = t
                         && size > self.local_limit
@@ -85,7 +91,7 @@ impl Pair {
                                 dst.handle_heartbeat(src_addr, self.now);
                             }
                         }
-                        Transmit::Probe { size, .. } => {
+                        Transmit::Probe { size, .. } | Transmit::FragProbe { size, .. } => {
                             dst.handle_datagram(self.now);
                             dst.handle_probe(size, src_addr);
                         }
@@ -321,4 +327,19 @@ fn path_report_round_trip_and_rejections() {
         v2[0] = 2;
         assert_eq!(PathReport::decode(&v2), Err(Error::UnsupportedVersion(2)));
     }
+}
+
+#[test]
+fn fragmentation_is_tested_once_the_mtu_is_known() {
+    let mut p = Pair::new(1472, 1472);
+    p.run_for(Duration::from_secs(3));
+    assert!(p.a.allows_fragments() && p.b.allows_fragments());
+    assert!(p.a_events.contains(&PathEvent::Fragmentation(true)));
+
+    let mut p = Pair::new(1472, 1472);
+    p.fragments_pass = false;
+    p.run_for(Duration::from_secs(5));
+    assert!(p.a.is_established(), "established without fragments");
+    assert!(!p.a.allows_fragments() && !p.b.allows_fragments());
+    assert!(p.a_events.contains(&PathEvent::Fragmentation(false)));
 }

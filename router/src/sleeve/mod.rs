@@ -91,6 +91,8 @@ pub enum Kind {
     Heartbeat = 1,
     PmtuProbe = 2,
     PmtuAck = 3,
+    /// Frames each preceded by offload metadata ([`crate::offload::VnetHdr`], big-endian).
+    OffloadFrames = 4,
 }
 
 impl Kind {
@@ -100,6 +102,7 @@ impl Kind {
             1 => Some(Self::Heartbeat),
             2 => Some(Self::PmtuProbe),
             3 => Some(Self::PmtuAck),
+            4 => Some(Self::OffloadFrames),
             _ => None,
         }
     }
@@ -222,6 +225,8 @@ pub struct SleeveEncoder<'b> {
     cap: usize,
     sender: PeerName,
     protection: Protection,
+    /// [`Kind::Frames`] or [`Kind::OffloadFrames`].
+    kind: Kind,
     /// End of the frames written so far (the header is reserved in front).
     len: usize,
     frames: usize,
@@ -247,10 +252,18 @@ impl<'b> SleeveEncoder<'b> {
             cap,
             sender,
             protection,
+            kind: Kind::Frames,
             len: protection.header_len(),
             frames: 0,
             finished: None,
         })
+    }
+
+    /// Makes the datagrams [`Kind::OffloadFrames`]: each frame pushed must start with its
+    /// offload metadata ([`crate::offload::VNET_HDR_LEN`] bytes, big-endian).
+    pub fn offload(mut self) -> Self {
+        self.kind = Kind::OffloadFrames;
+        self
     }
 
     pub fn protection(&self) -> Protection {
@@ -330,7 +343,7 @@ impl<'b> SleeveEncoder<'b> {
         let n = seal_into(
             self.buf,
             self.sender,
-            Kind::Frames,
+            self.kind,
             self.protection,
             self.len,
             crypto,
@@ -453,7 +466,8 @@ pub fn open<'b>(
     let total = datagram.len();
     let body = &datagram[start..body_end];
     let body = match header.kind {
-        Kind::Frames => Body::Frames(Frames::parse(body)?),
+        Kind::Frames => Body::Frames(Frames::parse(body, 0)?),
+        Kind::OffloadFrames => Body::Frames(Frames::parse(body, crate::offload::VNET_HDR_LEN)?),
         Kind::Heartbeat => {
             if body.len() != HEARTBEAT_BODY_LEN {
                 return Err(Error::Malformed);
@@ -500,11 +514,15 @@ pub struct Frames<'b> {
 }
 
 impl<'b> Frames<'b> {
-    fn parse(body: &'b [u8]) -> Result<Self, Error> {
+    /// Checks every record; each frame must be at least `min_len` bytes (its metadata).
+    fn parse(body: &'b [u8], min_len: usize) -> Result<Self, Error> {
         let mut rest = body;
         let mut count = 0;
         while !rest.is_empty() {
-            let (_, _, next) = split_frame(rest).ok_or(Error::Malformed)?;
+            let (_, len, next) = split_frame(rest).ok_or(Error::Malformed)?;
+            if len < min_len {
+                return Err(Error::Malformed);
+            }
             rest = next;
             count += 1;
         }

@@ -485,8 +485,8 @@ fn header_errors() {
         Error::UnsupportedVersion(2)
     );
     assert_eq!(
-        Header::parse(&[0x14; 30]).unwrap_err(),
-        Error::UnknownKind(4)
+        Header::parse(&[0x15; 30]).unwrap_err(),
+        Error::UnknownKind(5)
     );
     assert_eq!(Header::parse(&[0x10; 6]).unwrap_err(), Error::Truncated);
     assert_eq!(Header::parse(&[0x18; 30]).unwrap_err(), Error::Truncated);
@@ -693,4 +693,32 @@ fn sealed_datagrams_match_an_independent_chacha20poly1305() {
     dg2.extend_from_slice(&tag);
     let opened = open(&mut dg2, Some(&mut recv)).expect("the sleeve opens RustCrypto's seal");
     assert_eq!(frames_of(opened), frames);
+}
+
+#[test]
+fn offload_frames_round_trip_and_need_their_metadata() {
+    let frames = vec![
+        (tag(A, B, 64), frame(10 + 1400, 1)),
+        (tag(A, C, 64), frame(10, 2)),
+    ];
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut enc = SleeveEncoder::new(&mut buf, A, MAX_DATAGRAM, Protection::Clear)
+        .unwrap()
+        .offload();
+    for (t, f) in &frames {
+        enc.push(*t, f).unwrap();
+    }
+    let mut dg = enc.finish(None).unwrap().to_vec();
+    assert_eq!(dg[0], 0x14, "version 1, clear, kind 4");
+    let mut copy = dg.clone();
+    let opened = open(&mut copy, None).unwrap();
+    assert_eq!(opened.header.kind, Kind::OffloadFrames);
+    assert_eq!(frames_of(opened), frames);
+    // A record shorter than the metadata is malformed.
+    let mut enc = SleeveEncoder::new(&mut buf, A, MAX_DATAGRAM, Protection::Clear)
+        .unwrap()
+        .offload();
+    enc.push(tag(A, B, 64), &[1, 2, 3]).unwrap();
+    dg = enc.finish(None).unwrap().to_vec();
+    assert_eq!(open(&mut dg, None).unwrap_err(), Error::Malformed);
 }

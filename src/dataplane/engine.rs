@@ -25,13 +25,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use weave_mesh::PeerName;
 use weave_router::icmp::{self, Ipv4Fragmentability};
-use weave_router::sleeve::{self, Body, Control, FRAME_HEADER_LEN, Header, MAX_DATAGRAM};
+use weave_router::offload::{self, VNET_HDR_LEN, VnetHdr};
+use weave_router::sleeve::{self, Body, Control, FRAME_HEADER_LEN, Header, Kind, MAX_DATAGRAM};
 use weave_router::{
     Decision, Forwarder, FrameTag, PathConfig, PathEvent, PathReport, PathState, Protection,
     RecvCrypto, RouteSnapshot, SendCrypto, SleeveEncoder, SleeveKeys, Transmit,
 };
 
-use crate::sys::{DataSocket, RecvQueue, SendQueue, TapFd, poll_readable};
+use crate::sys::{DataSocket, ProbeSocket, RecvQueue, SendQueue, TapFd, poll_readable};
 
 /// Frames read from the TAP per batch, and datagrams per recvmmsg / sendmmsg.
 const BATCH: usize = 64;
@@ -159,6 +160,8 @@ struct PeerEntry {
     conn_uid: u64,
     addr: Option<SocketAddrV4>,
     max_datagram: usize,
+    /// Whether fragments pass the path (tested by the path thread).
+    fragments: bool,
     crypto: Option<Arc<PeerCrypto>>,
     /// When a genuine datagram last came from it (ms since the engine's epoch).
     last_rx: Arc<AtomicU64>,
@@ -173,9 +176,25 @@ impl PeerEntry {
         }
     }
 
-    /// The largest frame a datagram to this peer can carry.
-    fn max_frame(&self) -> usize {
+    /// The largest record (frame, with its metadata if any) a datagram of the path's
+    /// MTU can carry.
+    fn max_record(&self) -> usize {
         self.max_datagram
+            .saturating_sub(self.protection().overhead() + FRAME_HEADER_LEN)
+    }
+
+    /// The largest datagram for super-frames: whole (fragmented by the kernel) if
+    /// fragments pass the path, else the path MTU.
+    fn max_big_datagram(&self) -> usize {
+        if self.fragments {
+            MAX_DATAGRAM
+        } else {
+            self.max_datagram
+        }
+    }
+
+    fn max_big_record(&self) -> usize {
+        self.max_big_datagram()
             .saturating_sub(self.protection().overhead() + FRAME_HEADER_LEN)
     }
 }
@@ -236,6 +255,8 @@ pub(crate) struct PathStatus {
     pub(crate) pmtu: Option<u16>,
     /// The largest frame that fits a datagram to this peer now.
     pub(crate) max_frame: usize,
+    /// Whether super-frames travel whole (fragments pass the path).
+    pub(crate) fragments: bool,
 }
 
 /// Commands to the path thread.
@@ -284,6 +305,7 @@ struct Shared {
     status: Mutex<BTreeMap<PeerName, PathStatus>>,
     stop: AtomicBool,
     socket: DataSocket,
+    probe: ProbeSocket,
     tap: TapFd,
     ctl: std_mpsc::Sender<Ctl>,
 }
@@ -324,6 +346,7 @@ impl Engine {
         config: EngineConfig,
         forwarder: Forwarder,
         socket: DataSocket,
+        probe: ProbeSocket,
         tap: TapFd,
         events: mpsc::UnboundedSender<EngineEvent>,
     ) -> io::Result<Self> {
@@ -340,6 +363,7 @@ impl Engine {
             status: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
             socket,
+            probe,
             tap,
             ctl: ctl_tx.clone(),
         });
@@ -447,20 +471,23 @@ impl Drop for Engine {
 
 // ----- sending: frames packed per next hop -----
 
-/// Where an outgoing frame's bytes are.
+/// Where an outgoing record's bytes are.
 #[derive(Debug, Clone, Copy)]
 enum Src {
     /// Frame `i` of the batch being handled.
     Batch(u32),
-    /// `len` bytes at `at` in the fragment arena.
+    /// `len` bytes at `at` in the arena (fragments, pieces of super-frames).
     Arena(u32, u32),
 }
 
+/// One copy to send: to `hop`, with `tag`. An `offload` record is `[metadata][frame]`
+/// (a kind-4 datagram carries it); a plain one is the frame alone (kind 0).
 #[derive(Debug, Clone, Copy)]
 struct OutFrame {
     hop: PeerName,
     src: Src,
     tag: FrameTag,
+    offload: bool,
 }
 
 /// One thread's sending side: the copies to send for the batch in hand, and the
@@ -489,40 +516,42 @@ impl Out {
         self.arena.clear();
     }
 
-    /// Adds a copy of `frame` for `hop`, handling a frame too big for the hop's path:
-    /// an IPv4 one is fragmented if it may be; one with Don't Fragment from our own TAP
-    /// (`from_tap`) gets an ICMP answer injected into the TAP; anything else is
-    /// dropped and counted.
+    /// Adds a copy of `record` for its hop. What does not fit the path is cut: a
+    /// super-frame into smaller ones at segment boundaries; a plain IPv4 frame into
+    /// fragments if it may be; one with Don't Fragment from our own TAP (`from_tap`)
+    /// is answered with ICMP fragmentation-needed; anything else is dropped and counted.
     fn add(
         &mut self,
         shared: &Shared,
         table: &PeerTable,
         copy: OutFrame,
-        frame: &[u8],
+        record: &[u8],
         from_tap: bool,
     ) {
-        let OutFrame { hop, src, tag } = copy;
-        let Some(entry) = table.peers.get(&hop) else {
+        let Some(entry) = table.peers.get(&copy.hop) else {
             shared.counters.drop(EngineDrop::NoAddress);
             return;
         };
-        let max_frame = entry.max_frame();
-        if frame.len() <= max_frame {
-            self.frames.push(OutFrame { hop, src, tag });
+        if copy.offload {
+            let limit = entry.max_big_record();
+            if record.len() <= limit {
+                self.frames.push(copy);
+                return;
+            }
+            self.split(shared, entry, copy, record, limit);
             return;
         }
+        let max_frame = entry.max_record();
+        if record.len() <= max_frame {
+            self.frames.push(copy);
+            return;
+        }
+        let frame = record;
         match icmp::ipv4_fragmentability(frame) {
             Ipv4Fragmentability::MayFragment => {
-                let arena = &mut self.arena;
-                let frames = &mut self.frames;
+                let (arena, frames) = (&mut self.arena, &mut self.frames);
                 let ok = icmp::fragment_ipv4(frame, max_frame, &mut self.scratch, |piece| {
-                    let at = arena.len();
-                    arena.extend_from_slice(piece);
-                    frames.push(OutFrame {
-                        hop,
-                        src: Src::Arena(at as u32, piece.len() as u32),
-                        tag,
-                    });
+                    push_arena(arena, frames, copy, piece);
                 });
                 if ok {
                     shared
@@ -537,7 +566,10 @@ impl Out {
                 let mtu = u16::try_from(max_frame.saturating_sub(icmp::ETHERNET_HEADER_LEN))
                     .unwrap_or(u16::MAX);
                 if icmp::frag_needed(frame, mtu, &mut self.icmp)
-                    && shared.tap.write(&self.icmp, TAP_PATIENCE).is_ok()
+                    && shared
+                        .tap
+                        .write_parts(&[0; VNET_HDR_LEN], &self.icmp, TAP_PATIENCE)
+                        .is_ok()
                 {
                     shared.counters.drop(EngineDrop::TooBigAnswered);
                 } else {
@@ -548,18 +580,72 @@ impl Out {
         }
     }
 
-    /// Packs the copies added since the last flush into datagrams, per next hop in
-    /// the order they were added, seals and sends them.
-    fn flush<'a>(&mut self, shared: &Shared, table: &PeerTable, batch: impl Fn(u32) -> &'a [u8]) {
-        // Group by next hop; the sort is stable, so each hop's frames keep their order.
-        self.frames.sort_by_key(|f| f.hop);
+    /// Cuts an offload record (a super-frame) that does not fit `limit` into pieces of
+    /// whole segments: super-frames where two segments or more fit, else single
+    /// segments sent as plain frames with their checksum completed.
+    fn split(
+        &mut self,
+        shared: &Shared,
+        entry: &PeerEntry,
+        copy: OutFrame,
+        record: &[u8],
+        limit: usize,
+    ) {
+        let meta = VnetHdr::from_wire(record[..VNET_HDR_LEN].try_into().expect("checked"));
+        let frame = &record[VNET_HDR_LEN..];
+        if !meta.is_gso() {
+            // Metadata without segmentation never needs more than a plain record.
+            shared.counters.drop(EngineDrop::TooBig);
+            return;
+        }
+        let with_meta = limit.saturating_sub(VNET_HDR_LEN);
+        let mss = usize::from(meta.gso_size).max(1);
+        let multi = with_meta.saturating_sub(usize::from(meta.hdr_len)) / mss >= 2;
+        let max_frame = if multi { with_meta } else { entry.max_record() };
+        let (arena, frames) = (&mut self.arena, &mut self.frames);
+        let result = offload::split_gso(&meta, frame, max_frame, &mut self.scratch, |h, piece| {
+            if h.is_gso() {
+                let mut wire = [0u8; VNET_HDR_LEN];
+                h.write_wire(&mut wire);
+                let at = push_arena(arena, frames, copy, &wire);
+                arena.extend_from_slice(piece);
+                extend_last(frames, at, arena.len() - at);
+            } else {
+                // One segment: a plain frame, its checksum completed.
+                let plain = OutFrame {
+                    offload: false,
+                    ..copy
+                };
+                let at = push_arena(arena, frames, plain, piece);
+                let mut h = *h;
+                offload::complete_checksum(&mut h, &mut arena[at..]);
+            }
+        });
+        if result.is_err() {
+            shared.counters.drop(EngineDrop::TooBig);
+        }
+    }
+
+    /// Packs the copies added since the last flush into datagrams, per next hop and
+    /// kind in the order they were added, seals and sends them.
+    fn flush<'a>(
+        &mut self,
+        shared: &Shared,
+        table: &PeerTable,
+        batch: impl Fn(u32, bool) -> &'a [u8],
+    ) {
+        // Group by next hop and kind; the sort is stable, so frames keep their order.
+        self.frames.sort_by_key(|f| (f.hop, f.offload));
         let mut i = 0;
         while i < self.frames.len() {
-            let hop = self.frames[i].hop;
-            let end = i + self.frames[i..].iter().take_while(|f| f.hop == hop).count();
-            let entry = table.peers.get(&hop);
+            let key = (self.frames[i].hop, self.frames[i].offload);
+            let end = i + self.frames[i..]
+                .iter()
+                .take_while(|f| (f.hop, f.offload) == key)
+                .count();
+            let entry = table.peers.get(&key.0);
             match entry.and_then(|e| e.addr.map(|a| (e, a))) {
-                Some((entry, addr)) => self.pack(shared, hop, entry, addr, i..end, &batch),
+                Some((entry, addr)) => self.pack(shared, entry, addr, i..end, &batch),
                 None => {
                     for _ in i..end {
                         shared.counters.drop(EngineDrop::NoAddress);
@@ -575,29 +661,34 @@ impl Out {
     fn pack<'a>(
         &mut self,
         shared: &Shared,
-        hop: PeerName,
         entry: &PeerEntry,
         addr: SocketAddrV4,
         range: std::ops::Range<usize>,
-        batch: &impl Fn(u32) -> &'a [u8],
+        batch: &impl Fn(u32, bool) -> &'a [u8],
     ) {
+        let offload = self.frames[range.start].offload;
+        let max_datagram = if offload {
+            entry.max_big_datagram()
+        } else {
+            entry.max_datagram
+        };
         let mut i = range.start;
         while i < range.end {
             if self.queue.is_full() {
                 self.send(shared);
             }
             let buf = self.queue.next_buf().expect("the queue was just emptied");
-            let Ok(mut enc) =
-                SleeveEncoder::new(buf, shared.local, entry.max_datagram, entry.protection())
+            let Ok(enc) = SleeveEncoder::new(buf, shared.local, max_datagram, entry.protection())
             else {
                 shared.counters.drop(EngineDrop::TooBig);
                 i += 1;
                 continue;
             };
+            let mut enc = if offload { enc.offload() } else { enc };
             while i < range.end {
                 let f = self.frames[i];
                 let bytes = match f.src {
-                    Src::Batch(n) => batch(n),
+                    Src::Batch(n) => batch(n, f.offload),
                     Src::Arena(at, len) => &self.arena[at as usize..(at + len) as usize],
                 };
                 if enc.push(f.tag, bytes).is_ok() {
@@ -623,7 +714,7 @@ impl Out {
             match sealed {
                 Ok(len) => self.queue.commit(len, addr),
                 Err(err) => {
-                    tracing::warn!(%hop, %err, "cannot seal a datagram");
+                    tracing::warn!(%err, "cannot seal a datagram");
                     shared.counters.drop(EngineDrop::SendFailed);
                 }
             }
@@ -665,13 +756,41 @@ impl Out {
     }
 }
 
+/// Appends `bytes` to the arena as a new copy like `copy`; returns where it starts.
+fn push_arena(
+    arena: &mut Vec<u8>,
+    frames: &mut Vec<OutFrame>,
+    copy: OutFrame,
+    bytes: &[u8],
+) -> usize {
+    let at = arena.len();
+    arena.extend_from_slice(bytes);
+    frames.push(OutFrame {
+        src: Src::Arena(at as u32, bytes.len() as u32),
+        ..copy
+    });
+    at
+}
+
+/// Makes the last copy cover `len` arena bytes from `at` (after appending to it).
+fn extend_last(frames: &mut [OutFrame], at: usize, len: usize) {
+    if let Some(last) = frames.last_mut() {
+        last.src = Src::Arena(at as u32, len as u32);
+    }
+}
+
 // ----- the TAP thread -----
 
+/// Reads a batch of frames from the TAP, each `[virtio-net header][frame]`. A frame
+/// with a checksum left to offload but no segmentation gets its checksum completed
+/// here (it then travels as a plain frame, without metadata: the container MTU leaves
+/// no room for it); a super-frame gets its header rewritten in wire order.
 fn tap_thread(shared: &Shared, max_frame: usize) {
-    let mut frames: Vec<Box<[u8]>> = (0..BATCH)
-        .map(|_| vec![0u8; max_frame].into_boxed_slice())
+    let mut bufs: Vec<Box<[u8]>> = (0..BATCH)
+        .map(|_| vec![0u8; VNET_HDR_LEN + max_frame].into_boxed_slice())
         .collect();
     let mut lens = [0usize; BATCH];
+    let mut gso = [false; BATCH];
     let mut table = (0, Arc::new(PeerTable::default()));
     let mut out = Out::new(MAX_DATAGRAM);
     let mut decision = Decision::new();
@@ -679,11 +798,23 @@ fn tap_thread(shared: &Shared, max_frame: usize) {
     while !shared.stop.load(Ordering::Relaxed) {
         let mut n = 0;
         while n < BATCH {
-            match shared.tap.read(&mut frames[n]) {
-                Ok(len) => {
+            match shared.tap.read(&mut bufs[n]) {
+                Ok(len) if len > VNET_HDR_LEN => {
+                    let buf = &mut bufs[n];
+                    let mut meta =
+                        VnetHdr::from_native(buf[..VNET_HDR_LEN].try_into().expect("checked"));
+                    gso[n] = meta.is_gso();
+                    if gso[n] {
+                        let mut wire = [0u8; VNET_HDR_LEN];
+                        meta.write_wire(&mut wire);
+                        buf[..VNET_HDR_LEN].copy_from_slice(&wire);
+                    } else if meta.needs_csum() {
+                        offload::complete_checksum(&mut meta, &mut buf[VNET_HDR_LEN..len]);
+                    }
                     lens[n] = len;
                     n += 1;
                 }
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => {
@@ -706,35 +837,34 @@ fn tap_thread(shared: &Shared, max_frame: usize) {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             for i in 0..n {
-                fwd.handle_tap_frame(&frames[i][..lens[i]], now, &mut decision);
+                fwd.handle_tap_frame(&bufs[i][VNET_HDR_LEN..lens[i]], now, &mut decision);
                 for o in &decision.outputs {
                     decided.push((i as u32, o.next_hop, o.tag));
                 }
             }
         }
+        let record = |i: u32, offload: bool| {
+            let start = if offload { 0 } else { VNET_HDR_LEN };
+            &bufs[i as usize][start..lens[i as usize]]
+        };
         for &(i, hop, tag) in &decided {
-            let frame = &frames[i as usize][..lens[i as usize]];
-            out.add(
-                shared,
-                &table.1,
-                OutFrame {
-                    hop,
-                    src: Src::Batch(i),
-                    tag,
-                },
-                frame,
-                true,
-            );
+            let offload = gso[i as usize];
+            let copy = OutFrame {
+                hop,
+                src: Src::Batch(i),
+                tag,
+                offload,
+            };
+            out.add(shared, &table.1, copy, record(i, offload), true);
         }
-        out.flush(shared, &table.1, |i| {
-            &frames[i as usize][..lens[i as usize]]
-        });
+        out.flush(shared, &table.1, record);
     }
 }
 
 // ----- the UDP thread -----
 
-/// A frame of a received datagram: where it is, who sent the datagram, its tag.
+/// A frame of a received datagram: where its record is, who sent the datagram, its
+/// tag, and whether the record starts with offload metadata.
 #[derive(Debug, Clone, Copy)]
 struct InFrame {
     datagram: u32,
@@ -742,6 +872,19 @@ struct InFrame {
     len: u32,
     from: PeerName,
     tag: FrameTag,
+    offload: bool,
+}
+
+impl InFrame {
+    /// The Ethernet frame inside the record.
+    fn frame<'a>(&self, rq: &'a RecvQueue) -> &'a [u8] {
+        let skip = if self.offload { VNET_HDR_LEN } else { 0 };
+        &self.record(rq)[skip..]
+    }
+
+    fn record<'a>(&self, rq: &'a RecvQueue) -> &'a [u8] {
+        &rq.bytes(self.datagram as usize)[self.at as usize..(self.at + self.len) as usize]
+    }
 }
 
 fn udp_thread(shared: &Shared) {
@@ -789,9 +932,7 @@ fn udp_thread(shared: &Shared) {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             for (k, f) in frames.iter().enumerate() {
-                let payload =
-                    &rq.bytes(f.datagram as usize)[f.at as usize..(f.at + f.len) as usize];
-                fwd.handle_sleeve_frame(f.from, f.tag, payload, now, &mut decision);
+                fwd.handle_sleeve_frame(f.from, f.tag, f.frame(&rq), now, &mut decision);
                 if decision.inject {
                     inject.push(k as u32);
                 }
@@ -800,25 +941,34 @@ fn udp_thread(shared: &Shared) {
                 }
             }
         }
-        let frame_bytes = |k: u32| {
-            let f = &frames[k as usize];
-            &rq.bytes(f.datagram as usize)[f.at as usize..(f.at + f.len) as usize]
-        };
         for &k in &inject {
-            if shared.tap.write(frame_bytes(k), TAP_PATIENCE).is_err() {
+            let f = &frames[k as usize];
+            let mut native = [0u8; VNET_HDR_LEN];
+            if f.offload {
+                let record = f.record(&rq);
+                VnetHdr::from_wire(record[..VNET_HDR_LEN].try_into().expect("checked"))
+                    .write_native(&mut native);
+            }
+            if shared
+                .tap
+                .write_parts(&native, f.frame(&rq), TAP_PATIENCE)
+                .is_err()
+            {
                 c.drop(EngineDrop::TapWriteFailed);
             }
         }
         if !relays.is_empty() {
+            let record = |k: u32, _offload: bool| frames[k as usize].record(&rq);
             for &(k, hop, tag) in &relays {
                 let copy = OutFrame {
                     hop,
                     src: Src::Batch(k),
                     tag,
+                    offload: frames[k as usize].offload,
                 };
-                out.add(shared, &table.1, copy, frame_bytes(k), false);
+                out.add(shared, &table.1, copy, record(k, copy.offload), false);
             }
-            out.flush(shared, &table.1, frame_bytes);
+            out.flush(shared, &table.1, record);
         }
     }
 }
@@ -856,6 +1006,7 @@ fn open_one(
         Err(err) => return c.reject(Reject::Codec(err.as_str())),
     };
     let clear = entry.crypto.is_none();
+    let offload = opened.header.kind == Kind::OffloadFrames;
     match opened.body {
         Body::Frames(list) => {
             // Without keys the address is all that vouches for the sender.
@@ -870,6 +1021,7 @@ fn open_one(
                     len: f.payload.len() as u32,
                     from: peer,
                     tag: f.tag,
+                    offload,
                 });
             }
         }
@@ -915,6 +1067,7 @@ fn path_thread(
 ) {
     let mut conns: BTreeMap<PeerName, Conn> = BTreeMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut scratch = Vec::new();
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
     loop {
         let now = Instant::now();
@@ -958,7 +1111,7 @@ fn path_thread(
                     .handle_datagram(shared.epoch + Duration::from_millis(last));
             }
             conn.path.handle_timeout(now);
-            changed |= drain_path(shared, *peer, conn, &mut buf, events);
+            changed |= drain_path(shared, *peer, conn, &mut buf, &mut scratch, events);
         }
         if changed {
             publish(shared, &conns);
@@ -1054,14 +1207,19 @@ fn drain_path(
     peer: PeerName,
     conn: &mut Conn,
     buf: &mut [u8],
+    scratch: &mut Vec<u8>,
     events: &mpsc::UnboundedSender<EngineEvent>,
 ) -> bool {
     let now = Instant::now();
     while let Some(t) = conn.path.poll_transmit() {
-        let (to, control) = match t {
-            Transmit::Heartbeat { to, connection } => (to, Control::Heartbeat { connection }),
-            Transmit::Probe { to, size } => (to, Control::PmtuProbe { size }),
-            Transmit::Ack { to, size } => (to, Control::PmtuAck { size }),
+        // PMTU probes need Don't Fragment, which the data socket does not set.
+        let (to, control, df) = match t {
+            Transmit::Heartbeat { to, connection } => {
+                (to, Control::Heartbeat { connection }, false)
+            }
+            Transmit::Probe { to, size } => (to, Control::PmtuProbe { size }, true),
+            Transmit::FragProbe { to, size } => (to, Control::PmtuProbe { size }, false),
+            Transmit::Ack { to, size } => (to, Control::PmtuAck { size }, false),
         };
         let SocketAddr::V4(to) = to else { continue };
         let encoded = match &conn.crypto {
@@ -1078,7 +1236,12 @@ fn drain_path(
                 continue;
             }
         };
-        match shared.socket.send_to(datagram, to) {
+        let sent = if df {
+            shared.probe.send(datagram, to, scratch)
+        } else {
+            shared.socket.send_to(datagram, to)
+        };
+        match sent {
             Ok(()) => {
                 shared
                     .counters
@@ -1120,6 +1283,10 @@ fn drain_path(
                 tracing::info!(%peer, datagram = size, "path MTU verified");
                 changed = true;
             }
+            PathEvent::Fragmentation(ok) => {
+                tracing::info!(%peer, fragments_pass = ok, "super-frames travel whole: {ok}");
+                changed = true;
+            }
         }
     }
     changed
@@ -1138,6 +1305,7 @@ fn publish(shared: &Shared, conns: &BTreeMap<PeerName, Conn>) {
             conn_uid: conn.path.conn_uid(),
             addr,
             max_datagram: usize::from(conn.path.max_datagram()),
+            fragments: conn.path.allows_fragments(),
             crypto: conn.crypto.clone(),
             last_rx: conn.last_rx.clone(),
         };
@@ -1149,7 +1317,8 @@ fn publish(shared: &Shared, conns: &BTreeMap<PeerName, Conn>) {
                 encrypted: entry.crypto.is_some(),
                 established: conn.path.is_established(),
                 pmtu: conn.path.pmtu(),
-                max_frame: entry.max_frame(),
+                max_frame: entry.max_record(),
+                fragments: entry.fragments,
             },
         );
         table.peers.insert(*peer, entry);

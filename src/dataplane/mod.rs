@@ -25,7 +25,10 @@ pub(crate) use engine::{EngineEvent, PathStatus};
 pub(crate) use routes::snapshot;
 
 use crate::report::{DataPlaneReport, PeerTraffic};
-use crate::sys::{DataSocket, ForwardRules, Netlink, TapOptions, attach_tap};
+use crate::sys::{
+    DataSocket, ForwardRules, Netlink, ProbeSocket, TUN_F_CSUM, TUN_F_TSO_ECN, TUN_F_TSO4,
+    TUN_F_TSO6, TapOptions, attach_tap,
+};
 use engine::{Engine, EngineConfig};
 
 /// The bridge containers are plugged into, as Weave named it.
@@ -86,35 +89,45 @@ impl Dataplane {
             BRIDGE,
             TAP,
             u32::from(overlay_mtu),
-            TapOptions::default(),
+            TapOptions {
+                vnet_hdr: true,
+                multi_queue: false,
+            },
         )
         .await
         .with_context(|| format!("cannot create the router's port {TAP}"))?
         .into_fd()?;
+        // Checksums and TCP segmentation are left to whoever finally needs them: frames
+        // cross the data plane as super-frames of up to 64 KiB.
+        tap.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN)
+            .context("cannot enable offloads on the TAP device")?;
         let bind_ip = match config.host {
             Some(IpAddr::V4(ip)) => ip,
             _ => Ipv4Addr::UNSPECIFIED,
         };
         let bind = SocketAddrV4::new(bind_ip, config.port);
-        let (socket, info) = DataSocket::bind(bind, SOCKET_BUFFER, Duration::from_millis(200))
-            .with_context(|| {
-                format!(
-                    "cannot listen on UDP port {} (is another weave running?)",
-                    config.port
-                )
-            })?;
+        let (socket, info) =
+            DataSocket::bind(bind, SOCKET_BUFFER, Duration::from_millis(200), false).with_context(
+                || {
+                    format!(
+                        "cannot listen on UDP port {} (is another weave running?)",
+                        config.port
+                    )
+                },
+            )?;
+        let probe = ProbeSocket::open(bind).context("cannot open a socket for PMTU probes")?;
         let max_datagram = usize::try_from(underlay_mtu)
             .unwrap_or(usize::MAX)
             .saturating_sub(IPV4_UDP_OVERHEAD);
         let engine_config = EngineConfig {
             local: config.local,
             max_datagram,
-            // Room for a VLAN tag beyond the MTU and Ethernet header.
-            max_tap_frame: usize::from(overlay_mtu) + ETHERNET_HEADER_LEN + 4,
+            // Super-frames of up to 64 KiB, plus headers.
+            max_tap_frame: (usize::from(overlay_mtu) + ETHERNET_HEADER_LEN + 4).max(65_536 + 256),
             path: PathConfig::default(),
         };
         let forwarder = Forwarder::new(config.local, ForwarderConfig::default());
-        let engine = Engine::start(engine_config, forwarder, socket, tap, events)
+        let engine = Engine::start(engine_config, forwarder, socket, probe, tap, events)
             .context("cannot start the data plane threads")?;
         tracing::info!(
             overlay_mtu,

@@ -26,5 +26,5 @@ pub(crate) use error::SysError;
 pub(crate) use firewall::{FORWARD_CHAIN, ForwardRules};
 pub(crate) use link::{LinkInfo, MAX_IFNAME, Netlink, Route4, VethPeer, check_ifname};
 pub(crate) use netns::{NETNS_RUN_DIR, Netns, NsId, NsTarget, process_alive};
-pub(crate) use tap::{Tap, TapFd, TapOptions};
-pub(crate) use udp::{DataSocket, RecvQueue, SendQueue, SocketInfo, poll_readable};
+pub(crate) use tap::{TUN_F_CSUM, TUN_F_TSO_ECN, TUN_F_TSO4, TUN_F_TSO6, Tap, TapFd, TapOptions};
+pub(crate) use udp::{DataSocket, ProbeSocket, RecvQueue, SendQueue, SocketInfo, poll_readable};

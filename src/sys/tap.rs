@@ -18,6 +18,15 @@ use super::netns::Netns;
 
 /// `TUNSETIFF`: `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `TUNSETOFFLOAD`: `_IOW('T', 208, unsigned int)`.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+
+/// Offloads a TAP opened with `vnet_hdr` may take (`TUN_F_*`): frames with a partial
+/// checksum, and TCP super-frames (TSO) over IPv4 and IPv6, with ECN.
+pub(crate) const TUN_F_CSUM: u32 = 0x01;
+pub(crate) const TUN_F_TSO4: u32 = 0x02;
+pub(crate) const TUN_F_TSO6: u32 = 0x04;
+pub(crate) const TUN_F_TSO_ECN: u32 = 0x08;
 
 /// `struct ifreq` as TUNSETIFF reads it: the name, then the flags, padded to 40 bytes.
 #[repr(C)]
@@ -137,6 +146,24 @@ impl TapFd {
         &self.name
     }
 
+    /// Tells the kernel which offloads we handle (`TUN_F_*`); only for a device opened
+    /// with `vnet_hdr`.
+    pub(crate) fn set_offload(&self, flags: u32) -> io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value; `fd` is an open TAP.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                TUNSETOFFLOAD as _,
+                libc::c_ulong::from(flags),
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
     /// Reads one frame if one is queued (`WouldBlock` otherwise).
     pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         read_fd(&self.fd, buf)
@@ -156,6 +183,56 @@ impl TapFd {
                 // SAFETY: `pfd` is one valid pollfd, borrowed for the call.
                 unsafe { libc::poll(&raw mut pfd, 1, ms) };
                 write_fd(&self.fd, frame)
+            }
+            other => other,
+        }
+    }
+}
+
+impl TapFd {
+    /// Writes one frame given in two parts (the virtio-net header, then the frame)
+    /// with one system call; waits for room up to `patience` as [`Self::write`].
+    pub(crate) fn write_parts(
+        &self,
+        head: &[u8],
+        frame: &[u8],
+        patience: std::time::Duration,
+    ) -> io::Result<()> {
+        let iov = [
+            libc::iovec {
+                iov_base: head.as_ptr().cast_mut().cast(),
+                iov_len: head.len(),
+            },
+            libc::iovec {
+                iov_base: frame.as_ptr().cast_mut().cast(),
+                iov_len: frame.len(),
+            },
+        ];
+        let total = head.len() + frame.len();
+        let once = || {
+            // SAFETY: both iovecs point at live slices of the lengths given; writev
+            // only reads them.
+            let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
+            match usize::try_from(n) {
+                Ok(n) if n == total => Ok(()),
+                Ok(n) => Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("TAP took {n} of {total} bytes"),
+                )),
+                Err(_) => Err(io::Error::last_os_error()),
+            }
+        };
+        match once() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd {
+                    fd: self.fd.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                let ms = libc::c_int::try_from(patience.as_millis()).unwrap_or(libc::c_int::MAX);
+                // SAFETY: `pfd` is one valid pollfd, borrowed for the call.
+                unsafe { libc::poll(&raw mut pfd, 1, ms) };
+                once()
             }
             other => other,
         }

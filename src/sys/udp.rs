@@ -30,12 +30,15 @@ pub(crate) struct SocketInfo {
 impl DataSocket {
     /// Binds UDP `addr` with socket buffers of about `buffer` bytes each (forced past
     /// the sysctl limits where we may: Weave lost 13-20 % of datagrams with the default
-    /// ones), Don't Fragment on every datagram (IP_PMTUDISC_DO: too-big sends fail with
-    /// EMSGSIZE, which PMTU discovery uses), and `recv_timeout` on receives.
+    /// ones) and `recv_timeout` on receives. With `dont_fragment`, every datagram has
+    /// Don't Fragment set (IP_PMTUDISC_DO: too-big sends fail with EMSGSIZE); without,
+    /// none has (IP_PMTUDISC_DONT: the kernel fragments what the path cannot carry
+    /// whole, and PMTU probes go through a [`ProbeSocket`]).
     pub(crate) fn bind(
         addr: SocketAddrV4,
         buffer: usize,
         recv_timeout: Duration,
+        dont_fragment: bool,
     ) -> Result<(Self, SocketInfo), SysError> {
         let io_err = |context: &str, source: io::Error| SysError::Io {
             context: format!("{context} (UDP {addr})"),
@@ -66,12 +69,13 @@ impl DataSocket {
                     .map_err(|e| io_err("setting the socket buffer", e))?;
             }
         }
-        sock.set_int(
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            libc::IP_PMTUDISC_DO,
-        )
-        .map_err(|e| io_err("setting Don't Fragment", e))?;
+        let pmtu = if dont_fragment {
+            libc::IP_PMTUDISC_DO
+        } else {
+            libc::IP_PMTUDISC_DONT
+        };
+        sock.set_int(libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, pmtu)
+            .map_err(|e| io_err("setting Don't Fragment", e))?;
         let tv = libc::timeval {
             tv_sec: libc::time_t::try_from(recv_timeout.as_secs()).unwrap_or(1),
             tv_usec: libc::suseconds_t::from(recv_timeout.subsec_micros().max(1)),
@@ -399,4 +403,80 @@ pub(crate) fn poll_readable(fd: &impl AsRawFd, timeout: Duration) -> io::Result<
         return Err(err);
     }
     Ok(rc > 0 && pfd.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
+}
+
+/// A send-only raw socket for PMTU probes: UDP datagrams from our data port with Don't
+/// Fragment set, while the data socket itself lets the kernel fragment. Built by hand
+/// (IP and UDP headers) because DF is a per-socket setting for UDP sockets.
+#[derive(Debug)]
+pub(crate) struct ProbeSocket {
+    fd: OwnedFd,
+    src: SocketAddrV4,
+}
+
+impl ProbeSocket {
+    /// Probes will come from `src` (an unspecified address lets the kernel pick the
+    /// route's source, as for the data socket bound to all addresses).
+    pub(crate) fn open(src: SocketAddrV4) -> Result<Self, SysError> {
+        // SAFETY: socket(2) with constant arguments; the result is checked.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_RAW,
+            )
+        };
+        if raw < 0 {
+            return Err(SysError::Io {
+                context: "creating the raw socket for PMTU probes".into(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: `raw` is a descriptor we just opened and own alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(Self { fd, src })
+    }
+
+    /// Sends `payload` to `to` as one UDP datagram with Don't Fragment. Fails with
+    /// EMSGSIZE if it is bigger than the outgoing interface's MTU.
+    pub(crate) fn send(
+        &self,
+        payload: &[u8],
+        to: SocketAddrV4,
+        scratch: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let total = u16::try_from(20 + 8 + payload.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EMSGSIZE))?;
+        scratch.clear();
+        // IPv4: version/IHL, TOS, length, ID (0: the kernel fills it), DF, TTL 64, UDP,
+        // checksum (the kernel fills it), source (0: the kernel picks), destination.
+        scratch.extend_from_slice(&[0x45, 0]);
+        scratch.extend_from_slice(&total.to_be_bytes());
+        scratch.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+        scratch.extend_from_slice(&self.src.ip().octets());
+        scratch.extend_from_slice(&to.ip().octets());
+        // UDP: ports, length, checksum 0 (none, allowed over IPv4).
+        scratch.extend_from_slice(&self.src.port().to_be_bytes());
+        scratch.extend_from_slice(&to.port().to_be_bytes());
+        scratch.extend_from_slice(&(total - 20).to_be_bytes());
+        scratch.extend_from_slice(&[0, 0]);
+        scratch.extend_from_slice(payload);
+        let sa = sockaddr(to);
+        // SAFETY: `scratch` and `sa` are valid for reads of the sizes given.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                scratch.as_ptr().cast(),
+                scratch.len(),
+                0,
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
 }

@@ -36,6 +36,8 @@ use crate::sys::{DataSocket, ProbeSocket, RecvQueue, SendQueue, TapFd, poll_read
 
 /// Frames read from the TAP per batch, and datagrams per recvmmsg / sendmmsg.
 const BATCH: usize = 64;
+/// The same for a thread's secondary descriptor (it helps out; small buffers do).
+const SECONDARY_BATCH: usize = 8;
 /// How long an idle thread sleeps before looking at the stop flag.
 const IDLE: Duration = Duration::from_millis(200);
 /// How long a TAP write waits for room in the device queue before the frame counts
@@ -304,6 +306,10 @@ struct Shared {
     counters: Counters,
     status: Mutex<BTreeMap<PeerName, PathStatus>>,
     stop: AtomicBool,
+    /// Held while reading and sending a batch from the TAP, and from the socket: two
+    /// threads may serve each, but never reorder it.
+    tap_order: Mutex<()>,
+    udp_order: Mutex<()>,
     socket: DataSocket,
     probe: ProbeSocket,
     tap: TapFd,
@@ -362,25 +368,23 @@ impl Engine {
             counters: Counters::default(),
             status: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
+            tap_order: Mutex::new(()),
+            udp_order: Mutex::new(()),
             socket,
             probe,
             tap,
             ctl: ctl_tx.clone(),
         });
         let mut threads = Vec::new();
-        let s = shared.clone();
         let max_tap_frame = config.max_tap_frame;
-        threads.push(
-            std::thread::Builder::new()
-                .name("weave-tap".into())
-                .spawn(move || tap_thread(&s, max_tap_frame))?,
-        );
-        let s = shared.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("weave-udp".into())
-                .spawn(move || udp_thread(&s))?,
-        );
+        for (name, primary) in [("weave-tap", Primary::Tap), ("weave-udp", Primary::Udp)] {
+            let s = shared.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(name.into())
+                    .spawn(move || packet_thread(&s, primary, max_tap_frame))?,
+            );
+        }
         let s = shared.clone();
         threads.push(
             std::thread::Builder::new()
@@ -785,33 +789,51 @@ fn extend_last(frames: &mut [OutFrame], at: usize, len: usize) {
 /// with a checksum left to offload but no segmentation gets its checksum completed
 /// here (it then travels as a plain frame, without metadata: the container MTU leaves
 /// no room for it); a super-frame gets its header rewritten in wire order.
-fn tap_thread(shared: &Shared, max_frame: usize) {
-    let mut bufs: Vec<Box<[u8]>> = (0..BATCH)
-        .map(|_| vec![0u8; VNET_HDR_LEN + max_frame].into_boxed_slice())
-        .collect();
-    let mut lens = [0usize; BATCH];
-    let mut gso = [false; BATCH];
-    let mut table = (0, Arc::new(PeerTable::default()));
-    let mut out = Out::new(MAX_DATAGRAM);
-    let mut decision = Decision::new();
-    let mut decided: Vec<(u32, PeerName, FrameTag)> = Vec::with_capacity(BATCH * 2);
-    while !shared.stop.load(Ordering::Relaxed) {
+/// The TAP-to-sleeve path's buffers; each packet thread has one.
+struct TapSide {
+    bufs: Vec<Box<[u8]>>,
+    lens: Vec<usize>,
+    gso: Vec<bool>,
+    table: (u64, Arc<PeerTable>),
+    out: Out,
+    decision: Decision,
+    decided: Vec<(u32, PeerName, FrameTag)>,
+}
+
+impl TapSide {
+    fn new(batch: usize, max_frame: usize) -> Self {
+        Self {
+            bufs: (0..batch)
+                .map(|_| vec![0u8; VNET_HDR_LEN + max_frame].into_boxed_slice())
+                .collect(),
+            lens: vec![0; batch],
+            gso: vec![false; batch],
+            table: (0, Arc::new(PeerTable::default())),
+            out: Out::new(MAX_DATAGRAM),
+            decision: Decision::new(),
+            decided: Vec::with_capacity(batch * 2),
+        }
+    }
+
+    /// Reads what the TAP has (up to a batch), forwards and sends it; returns how
+    /// many frames. Call with the TAP's order lock held.
+    fn run(&mut self, shared: &Shared) -> usize {
         let mut n = 0;
-        while n < BATCH {
-            match shared.tap.read(&mut bufs[n]) {
+        while n < self.bufs.len() {
+            match shared.tap.read(&mut self.bufs[n]) {
                 Ok(len) if len > VNET_HDR_LEN => {
-                    let buf = &mut bufs[n];
+                    let buf = &mut self.bufs[n];
                     let mut meta =
                         VnetHdr::from_native(buf[..VNET_HDR_LEN].try_into().expect("checked"));
-                    gso[n] = meta.is_gso();
-                    if gso[n] {
+                    self.gso[n] = meta.is_gso();
+                    if self.gso[n] {
                         let mut wire = [0u8; VNET_HDR_LEN];
                         meta.write_wire(&mut wire);
                         buf[..VNET_HDR_LEN].copy_from_slice(&wire);
                     } else if meta.needs_csum() {
                         offload::complete_checksum(&mut meta, &mut buf[VNET_HDR_LEN..len]);
                     }
-                    lens[n] = len;
+                    self.lens[n] = len;
                     n += 1;
                 }
                 Ok(_) => {}
@@ -825,40 +847,105 @@ fn tap_thread(shared: &Shared, max_frame: usize) {
             }
         }
         if n == 0 {
-            let _ = poll_readable(&shared.tap, IDLE);
-            continue;
+            return 0;
         }
-        shared.table.refresh(&mut table);
+        shared.table.refresh(&mut self.table);
         let now = Instant::now();
-        decided.clear();
+        self.decided.clear();
         {
             let mut fwd = shared
                 .forwarder
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             for i in 0..n {
-                fwd.handle_tap_frame(&bufs[i][VNET_HDR_LEN..lens[i]], now, &mut decision);
-                for o in &decision.outputs {
-                    decided.push((i as u32, o.next_hop, o.tag));
+                fwd.handle_tap_frame(
+                    &self.bufs[i][VNET_HDR_LEN..self.lens[i]],
+                    now,
+                    &mut self.decision,
+                );
+                for o in &self.decision.outputs {
+                    self.decided.push((i as u32, o.next_hop, o.tag));
                 }
             }
         }
+        let (bufs, lens) = (&self.bufs, &self.lens);
         let record = |i: u32, offload: bool| {
             let start = if offload { 0 } else { VNET_HDR_LEN };
             &bufs[i as usize][start..lens[i as usize]]
         };
-        for &(i, hop, tag) in &decided {
-            let offload = gso[i as usize];
+        for &(i, hop, tag) in &self.decided {
+            let offload = self.gso[i as usize];
             let copy = OutFrame {
                 hop,
                 src: Src::Batch(i),
                 tag,
                 offload,
             };
-            out.add(shared, &table.1, copy, record(i, offload), true);
+            self.out
+                .add(shared, &self.table.1, copy, record(i, offload), true);
         }
-        out.flush(shared, &table.1, record);
+        self.out.flush(shared, &self.table.1, record);
+        n
     }
+}
+
+/// Which descriptor a packet thread sleeps on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Primary {
+    Tap,
+    Udp,
+}
+
+/// A packet thread: sleeps on its primary descriptor and serves it. The socket's
+/// thread, after writing frames into the TAP, also serves the TAP if no one else is
+/// (its order lock is free, so frames of one direction never overtake each other):
+/// the kernel often answers a frame within the write (an echo reply, a TCP ACK, the
+/// next TCP segments an ACK lets go), and the answer then leaves without waking the TAP
+/// thread: one wake-up less per request and reply. (Spinning for replies from afar was
+/// tried too: on a 2-core machine it cost throughput and gained no latency.)
+fn packet_thread(shared: &Shared, primary: Primary, max_frame: usize) {
+    let (tap_batch, udp_batch) = match primary {
+        Primary::Tap => (BATCH, 0),
+        Primary::Udp => (SECONDARY_BATCH, BATCH),
+    };
+    let mut tap = TapSide::new(tap_batch, max_frame);
+    let mut udp = (udp_batch > 0).then(|| UdpSide::new(udp_batch));
+    while !shared.stop.load(Ordering::Relaxed) {
+        let ready = match primary {
+            Primary::Tap => poll_readable(&shared.tap, IDLE),
+            Primary::Udp => poll_readable(&shared.socket, IDLE),
+        };
+        if !matches!(ready, Ok(true)) {
+            continue;
+        }
+        loop {
+            let done = match (primary, &mut udp) {
+                (Primary::Tap, _) | (Primary::Udp, None) => {
+                    let _order = lock(&shared.tap_order);
+                    tap.run(shared)
+                }
+                (Primary::Udp, Some(udp)) => {
+                    let injected = {
+                        let _order = lock(&shared.udp_order);
+                        udp.run(shared)
+                    };
+                    if injected > 0
+                        && let Ok(_order) = shared.tap_order.try_lock()
+                    {
+                        tap.run(shared);
+                    }
+                    injected
+                }
+            };
+            if done == 0 || shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+    }
+}
+
+fn lock(m: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 // ----- the UDP thread -----
@@ -887,28 +974,50 @@ impl InFrame {
     }
 }
 
-fn udp_thread(shared: &Shared) {
-    let mut rq = RecvQueue::new(BATCH, RECV_BUF);
-    let mut table = (0, Arc::new(PeerTable::default()));
-    let mut out = Out::new(MAX_DATAGRAM);
-    let mut decision = Decision::new();
-    let mut frames: Vec<InFrame> = Vec::with_capacity(BATCH * 4);
-    let mut relays: Vec<(u32, PeerName, FrameTag)> = Vec::with_capacity(BATCH * 4);
-    let mut inject: Vec<u32> = Vec::with_capacity(BATCH * 4);
-    while !shared.stop.load(Ordering::Relaxed) {
-        let n = match shared.socket.recv(&mut rq) {
-            Ok(0) => continue,
+/// The sleeve-to-TAP path's buffers; each packet thread has one.
+struct UdpSide {
+    rq: RecvQueue,
+    table: (u64, Arc<PeerTable>),
+    out: Out,
+    decision: Decision,
+    frames: Vec<InFrame>,
+    relays: Vec<(u32, PeerName, FrameTag)>,
+    inject: Vec<u32>,
+}
+
+impl UdpSide {
+    fn new(batch: usize) -> Self {
+        Self {
+            rq: RecvQueue::new(batch, RECV_BUF),
+            table: (0, Arc::new(PeerTable::default())),
+            out: Out::new(MAX_DATAGRAM),
+            decision: Decision::new(),
+            frames: Vec::with_capacity(batch * 4),
+            relays: Vec::with_capacity(batch * 4),
+            inject: Vec::with_capacity(batch * 4),
+        }
+    }
+
+    /// Receives what the socket has (up to a batch, without waiting), opens, forwards,
+    /// injects and relays it; returns how many datagrams. Call with the socket's order
+    /// lock held.
+    fn run(&mut self, shared: &Shared) -> usize {
+        let n = match shared.socket.recv(&mut self.rq, false) {
             Ok(n) => n,
             Err(err) => {
                 tracing::error!(%err, "receiving on the data socket failed");
                 std::thread::sleep(IDLE);
-                continue;
+                return 0;
             }
         };
-        shared.table.refresh(&mut table);
+        if n == 0 {
+            return 0;
+        }
+        let rq = &mut self.rq;
+        shared.table.refresh(&mut self.table);
         let now = Instant::now();
         let now_ms = shared.ms_since_epoch(now);
-        frames.clear();
+        self.frames.clear();
         let c = &shared.counters;
         c.datagrams_received.fetch_add(n as u64, Ordering::Relaxed);
         for d in 0..n {
@@ -919,57 +1028,69 @@ fn udp_thread(shared: &Shared) {
                 c.reject(Reject::Truncated);
                 continue;
             }
-            open_one(shared, &table.1, d as u32, dg, from, now_ms, &mut frames);
+            open_one(
+                shared,
+                &self.table.1,
+                d as u32,
+                dg,
+                from,
+                now_ms,
+                &mut self.frames,
+            );
         }
-        if frames.is_empty() {
-            continue;
+        if self.frames.is_empty() {
+            return n;
         }
-        relays.clear();
-        inject.clear();
+        let rq = &self.rq;
+        self.relays.clear();
+        self.inject.clear();
         {
             let mut fwd = shared
                 .forwarder
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            for (k, f) in frames.iter().enumerate() {
-                fwd.handle_sleeve_frame(f.from, f.tag, f.frame(&rq), now, &mut decision);
-                if decision.inject {
-                    inject.push(k as u32);
+            for (k, f) in self.frames.iter().enumerate() {
+                fwd.handle_sleeve_frame(f.from, f.tag, f.frame(rq), now, &mut self.decision);
+                if self.decision.inject {
+                    self.inject.push(k as u32);
                 }
-                for o in &decision.outputs {
-                    relays.push((k as u32, o.next_hop, o.tag));
+                for o in &self.decision.outputs {
+                    self.relays.push((k as u32, o.next_hop, o.tag));
                 }
             }
         }
-        for &k in &inject {
-            let f = &frames[k as usize];
+        for &k in &self.inject {
+            let f = &self.frames[k as usize];
             let mut native = [0u8; VNET_HDR_LEN];
             if f.offload {
-                let record = f.record(&rq);
+                let record = f.record(rq);
                 VnetHdr::from_wire(record[..VNET_HDR_LEN].try_into().expect("checked"))
                     .write_native(&mut native);
             }
             if shared
                 .tap
-                .write_parts(&native, f.frame(&rq), TAP_PATIENCE)
+                .write_parts(&native, f.frame(rq), TAP_PATIENCE)
                 .is_err()
             {
                 c.drop(EngineDrop::TapWriteFailed);
             }
         }
-        if !relays.is_empty() {
-            let record = |k: u32, _offload: bool| frames[k as usize].record(&rq);
-            for &(k, hop, tag) in &relays {
+        if !self.relays.is_empty() {
+            let frames = &self.frames;
+            let record = |k: u32, _offload: bool| frames[k as usize].record(rq);
+            for &(k, hop, tag) in &self.relays {
                 let copy = OutFrame {
                     hop,
                     src: Src::Batch(k),
                     tag,
                     offload: frames[k as usize].offload,
                 };
-                out.add(shared, &table.1, copy, record(k, copy.offload), false);
+                self.out
+                    .add(shared, &self.table.1, copy, record(k, copy.offload), false);
             }
-            out.flush(shared, &table.1, record);
+            self.out.flush(shared, &self.table.1, record);
         }
+        n
     }
 }
 

@@ -27,6 +27,12 @@ pub(crate) struct SocketInfo {
     pub(crate) send_buffer: usize,
 }
 
+impl AsRawFd for DataSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl DataSocket {
     /// Binds UDP `addr` with socket buffers of about `buffer` bytes each (forced past
     /// the sysctl limits where we may: Weave lost 13-20 % of datagrams with the default
@@ -152,9 +158,10 @@ impl DataSocket {
         Ok(usize::try_from(value).unwrap_or(0))
     }
 
-    /// Receives up to a queue's worth of datagrams, waiting (up to the receive timeout)
-    /// for the first only. Returns how many arrived; 0 on timeout.
-    pub(crate) fn recv(&self, q: &mut RecvQueue) -> io::Result<usize> {
+    /// Receives up to a queue's worth of datagrams; with `wait`, waits (up to the
+    /// receive timeout) for the first, else takes only what is there. Returns how many
+    /// arrived; 0 on timeout or when none was there.
+    pub(crate) fn recv(&self, q: &mut RecvQueue, wait: bool) -> io::Result<usize> {
         let n = q.bufs.len();
         for i in 0..n {
             q.iovs[i] = libc::iovec {
@@ -175,7 +182,11 @@ impl DataSocket {
                 self.fd.as_raw_fd(),
                 q.hdrs.as_mut_ptr(),
                 n as libc::c_uint,
-                libc::MSG_WAITFORONE,
+                if wait {
+                    libc::MSG_WAITFORONE
+                } else {
+                    libc::MSG_DONTWAIT
+                },
                 std::ptr::null_mut(),
             )
         };

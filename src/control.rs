@@ -12,6 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::report::Report;
 
+pub(crate) mod ipam;
+
 /// What the API can ask of the daemon.
 #[derive(Debug)]
 pub(crate) enum Request {
@@ -35,6 +37,8 @@ pub(crate) enum Request {
     },
     /// Container plumbing (`weave attach`, `detach`, `expose`, `hide`, `ps`).
     Containers(ContainerRequest),
+    /// Address allocation (`/ip/...`, `/ring`, `/peer/NAME`, and the container task).
+    Ipam(ipam::IpamRequest),
 }
 
 /// What the API asks of the container registry; each answers on its oneshot.

@@ -6,12 +6,17 @@
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) mod ipam;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub(crate) struct Report {
     /// Our software version.
     pub(crate) version: String,
     pub(crate) router: RouterReport,
+    /// Address allocation; absent when IPAM is off (`--ipalloc-range ''`).
+    #[serde(rename = "IPAM", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ipam: Option<ipam::IpamReport>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

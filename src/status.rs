@@ -53,6 +53,10 @@ pub(crate) fn render_status(report: &Report) -> String {
     for collision in &router.name_collisions {
         line(&mut out, "Warning", collision);
     }
+    if let Some(ipam) = &report.ipam {
+        out.push('\n');
+        out.push_str(&crate::api::ipam::status_block(ipam));
+    }
     out
 }
 
@@ -285,6 +289,7 @@ mod tests {
             ("mtu".to_owned(), "1410".to_owned()),
         ];
         Report {
+            ipam: None,
             version: "0.1.0".to_owned(),
             router: RouterReport {
                 protocol: "weave".to_owned(),

@@ -61,12 +61,13 @@ impl IpamStatus {
 }
 
 impl fmt::Display for IpamStatus {
-    /// The `Service: ipam` block of `weave status`.
+    /// The `Service: ipam` block of `weave status` (labels right-aligned to 15, as the
+    /// router block and Weave's template).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:>20}: ipam", "Service")?;
-        writeln!(f, "{:>20}: {}", "Status", self.status)?;
-        writeln!(f, "{:>20}: {}", "Range", self.range)?;
-        writeln!(f, "{:>20}: {}", "DefaultSubnet", self.default_subnet)
+        writeln!(f, "{:>15}: ipam", "Service")?;
+        writeln!(f, "{:>15}: {}", "Status", self.status)?;
+        writeln!(f, "{:>15}: {}", "Range", self.range)?;
+        writeln!(f, "{:>15}: {}", "DefaultSubnet", self.default_subnet)
     }
 }
 

@@ -7,7 +7,7 @@
 //! | method and path | answer |
 //! |---|---|
 //! | `GET /status` | `weave status` text |
-//! | `GET /status/targets`, `/status/connections`, `/status/peers` | that view's text |
+//! | `GET /status/targets`, `/status/connections`, `/status/peers`, `/status/ipam` | that view's text |
 //! | `GET /report` | the [`Report`](crate::report::Report) as pretty JSON |
 //! | `GET /metrics` | Prometheus / OpenMetrics text |
 //! | `POST /connect` | form `peer=h[:p]` (repeated), `replace=true`: add targets |
@@ -15,6 +15,7 @@
 //! | `POST /stop` | stop the daemon (`weave stop`); `?reset=true` also drops persisted state |
 //! | `DELETE /peer` | Weave's "leave" as used by `weave reset`: same as `POST /stop?reset=true` |
 //! | `POST /attach`, `/detach`, `/expose`, `/hide`, `GET /ps` | container plumbing (see [`containers`]) |
+//! | `/ip/...`, `GET /ring`, `DELETE /peer/{name}` | address allocation (see [`ipam`]) |
 //!
 //! Only the control API has the commands (everything from `/connect` on). Form fields may
 //! come in the body (`application/x-www-form-urlencoded`) or the query string. A bad
@@ -27,6 +28,7 @@ mod containers;
 #[cfg(test)]
 pub(crate) mod fake;
 mod form;
+pub(crate) mod ipam;
 pub(crate) mod metrics;
 
 use std::time::Duration;
@@ -71,7 +73,7 @@ pub(crate) async fn serve(
 
 /// Everything: read-only views plus the commands that change the daemon.
 pub(crate) fn control_router(handle: DaemonHandle) -> Router {
-    containers::routes(read_only_routes())
+    ipam::routes(containers::routes(read_only_routes()))
         .route("/connect", post(connect))
         .route("/forget", post(forget))
         .route("/stop", post(stop))
@@ -138,10 +140,13 @@ async fn status_view(State(handle): State<DaemonHandle>, Path(view): Path<String
         "targets" => status::render_targets,
         "connections" => status::render_connections,
         "peers" => status::render_peers,
+        "ipam" => ipam::render_ipam,
         _ => {
             return text(
                 StatusCode::NOT_FOUND,
-                format!("unknown status view {view:?}: expected targets, connections or peers"),
+                format!(
+                    "unknown status view {view:?}: expected targets, connections, peers or ipam"
+                ),
             );
         }
     };

@@ -9,6 +9,7 @@ use crate::status;
 
 fn sample() -> Report {
     Report {
+        ipam: None,
         version: "0.1.0".to_owned(),
         router: RouterReport {
             protocol: "weave".to_owned(),

@@ -97,6 +97,12 @@ pub(super) fn router_args(args: &DaemonArgs, state_dir: &Path) -> Vec<OsString> 
     if let Some(mtu) = args.mtu {
         flag("mtu", mtu.to_string().into());
     }
+    // An empty range (IPAM off) travels as an empty argument.
+    flag("ipalloc-range", args.ipalloc_range.to_string().into());
+    if let Some(subnet) = args.ipalloc_default_subnet {
+        flag("ipalloc-default-subnet", subnet.to_string().into());
+    }
+    flag("ipalloc-init", args.ipalloc_init.to_string().into());
     if args.no_discovery {
         argv.push("--no-discovery".into());
     }

@@ -9,6 +9,7 @@ mod attach;
 mod connect;
 mod expose;
 mod forget;
+mod ipam;
 mod launch;
 mod ps;
 mod report;
@@ -81,6 +82,10 @@ pub(crate) enum Command {
     Hide(expose::ExposeArgs),
     /// List attached containers: ID, MAC and addresses.
     Ps(ps::PsArgs),
+    /// Wait until the IP allocation ring exists (forces consensus among the peers).
+    Prime(ApiArgs),
+    /// Take over the IP ranges of dead peers (by name or nickname); run it on one host.
+    Rmpeer(ipam::RmpeerArgs),
 }
 
 /// Flags of `weave launch` and `weave router`.
@@ -126,6 +131,16 @@ pub(crate) struct DaemonArgs {
     /// error, warning, info, debug, or a tracing filter (`info,weave_mesh=debug`).
     #[arg(long, env = "WEAVE_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub(crate) log_level: String,
+    /// The range IPAM allocates from; '' turns IPAM off.
+    #[arg(long, value_name = "CIDR", default_value = crate::daemon::ipam::DEFAULT_RANGE)]
+    pub(crate) ipalloc_range: crate::daemon::ipam::RangeArg,
+    /// Where addresses go when no subnet is asked for (default: the whole range).
+    #[arg(long, value_name = "CIDR", value_parser = crate::daemon::ipam::parse_cidr)]
+    pub(crate) ipalloc_default_subnet: Option<weave_ipam::Cidr>,
+    /// How the ring comes to exist: consensus[=N] (N defaults to launch peers + 1),
+    /// seed=NAME,... or observer.
+    #[arg(long, value_name = "MODE", default_value = "consensus")]
+    pub(crate) ipalloc_init: crate::daemon::ipam::InitArg,
 }
 
 impl DaemonArgs {
@@ -179,6 +194,8 @@ pub(crate) enum StatusView {
     Connections,
     /// Every known peer and its connections.
     Peers,
+    /// Who owns how much of the IP allocation range.
+    Ipam,
 }
 
 impl StatusView {
@@ -188,6 +205,7 @@ impl StatusView {
             Self::Targets => "/status/targets",
             Self::Connections => "/status/connections",
             Self::Peers => "/status/peers",
+            Self::Ipam => "/status/ipam",
         }
     }
 }
@@ -278,6 +296,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Expose(args) => expose::run_expose(args),
         Command::Hide(args) => expose::run_hide(args),
         Command::Ps(args) => ps::run(args),
+        Command::Prime(args) => client_runtime()?.block_on(ipam::run_prime(args)),
+        Command::Rmpeer(args) => client_runtime()?.block_on(ipam::run_rmpeer(args)),
     }
 }
 

@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 use super::{DaemonArgs, launch::DETACH_ENV, state};
+use crate::daemon::ipam::IpamSettings;
 use crate::daemon::{self, DaemonConfig};
 
 pub(super) fn run(args: DaemonArgs) -> anyhow::Result<()> {
@@ -29,6 +30,12 @@ pub(super) fn run(args: DaemonArgs) -> anyhow::Result<()> {
 pub(super) fn daemon_config(args: DaemonArgs) -> anyhow::Result<DaemonConfig> {
     let state_dir = state::ensure_dir(&args.state_dir)?;
     let password = args.password().map(str::to_owned);
+    let ipam = IpamSettings {
+        range: args.ipalloc_range.0,
+        default_subnet: args.ipalloc_default_subnet,
+        init: args.ipalloc_init,
+    };
+    ipam.check().map_err(anyhow::Error::msg)?;
     Ok(DaemonConfig {
         peers: args.peers,
         password,
@@ -42,6 +49,7 @@ pub(super) fn daemon_config(args: DaemonArgs) -> anyhow::Result<DaemonConfig> {
         state_dir,
         http_addr: args.http_addr,
         status_addr: args.status_addr,
+        ipam,
     })
 }
 

@@ -50,6 +50,9 @@ fn launch_defaults_match_weave() {
             http_addr: "127.0.0.1:6784".parse().expect("literal"),
             status_addr: "127.0.0.1:6782".parse().expect("literal"),
             log_level: "info".to_owned(),
+            ipalloc_range: crate::daemon::ipam::RangeArg("10.32.0.0/12".parse().ok()),
+            ipalloc_default_subnet: None,
+            ipalloc_init: crate::daemon::ipam::InitArg::Consensus(None),
         }
     );
 }

@@ -29,7 +29,10 @@ use tokio::sync::{mpsc, oneshot};
 use weave_mesh::PeerName;
 
 use super::state::State;
-use crate::control::{AttachSpec, ContainerRequest, DetachSpec, PlumbError, PsEntry, Target};
+use crate::control::ipam::IpamFailure;
+use crate::control::{
+    AttachSpec, ContainerRequest, DaemonHandle, DetachSpec, PlumbError, PsEntry, Target,
+};
 use crate::sys::{
     CONTAINER_IFNAME, Netlink, Netns, NsId, NsTarget, SysError, VethSpec, attach_veth, detach_veth,
 };
@@ -55,7 +58,6 @@ const MULTICAST: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(224, 0, 0, 0), 4) {
     Ok(net) => net,
     Err(_) => panic!("224.0.0.0/4 is a valid prefix"),
 };
-const NO_ADDRESS: &str = "no address given (IPAM comes later)";
 
 /// What a container is called, independent of the namespace it has now.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -78,6 +80,15 @@ impl Identity {
             Self::Pid(pid) => format!("pid:{pid}"),
             // Docker's short form, as Weave printed it.
             Self::Docker(id) => id.chars().take(12).collect(),
+        }
+    }
+
+    /// The identity IPAM keeps the container's addresses under: Docker's full ID (as
+    /// Weave did), else what `weave ps` shows (netns name or path, `pid:N`).
+    fn ipam_ident(&self) -> String {
+        match self {
+            Self::Docker(id) => id.clone(),
+            other => other.ps_id(),
         }
     }
 
@@ -475,6 +486,18 @@ fn sys_failed(err: SysError) -> PlumbError {
     PlumbError::Failed(err.to_string())
 }
 
+/// An IPAM refusal as a plumbing error: the caller's to fix, or ours.
+fn ipam_failed(what: &str, err: IpamFailure) -> PlumbError {
+    match err {
+        IpamFailure::Invalid(why) | IpamFailure::NotFound(why) => {
+            PlumbError::Invalid(format!("{what}: {why}"))
+        }
+        IpamFailure::Unavailable(why) | IpamFailure::Failed(why) => {
+            PlumbError::Failed(format!("{what}: {why}"))
+        }
+    }
+}
+
 /// A message to the actor.
 enum Msg {
     Request(ContainerRequest, u32),
@@ -493,7 +516,12 @@ impl Containers {
     /// Starts the registry task: loads what was attached before, forgets containers
     /// that are gone, puts exposed addresses back on the bridge, then serves requests
     /// and checks liveness every few seconds.
-    pub(crate) fn start(state: Arc<State>, bridge: &str, peer: PeerName) -> Self {
+    pub(crate) fn start(
+        state: Arc<State>,
+        bridge: &str,
+        peer: PeerName,
+        ipam: DaemonHandle,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let plumber = Plumber {
             registry: Registry::default(),
@@ -502,6 +530,7 @@ impl Containers {
             peer,
             host: None,
             own_ns: Netns::current().ok().map(|ns| ns.id()),
+            ipam,
         };
         tokio::spawn(plumber.run(rx));
         Self { tx }
@@ -534,6 +563,8 @@ struct Plumber {
     host: Option<Netlink>,
     /// The daemon's own namespace, which is never a container.
     own_ns: Option<NsId>,
+    /// The event loop, for addresses from IPAM.
+    ipam: DaemonHandle,
 }
 
 impl Plumber {
@@ -631,6 +662,22 @@ impl Plumber {
                 Err(err) => tracing::error!(%err, "cannot expose the host's addresses again"),
             }
         }
+        // IPAM keeps what survivors hold (and, after a start without its data, waits
+        // for this before it allocates anything new).
+        let mut held: Vec<(String, Vec<Ipv4Net>)> = self
+            .registry
+            .containers
+            .values()
+            .map(|r| (r.identity.ipam_ident(), r.addrs.clone()))
+            .collect();
+        if !self.registry.exposed.is_empty() {
+            held.push((EXPOSE_ID.to_owned(), self.registry.exposed.clone()));
+        }
+        match self.ipam.ipam_reclaim(held).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(%err, "IPAM refused the containers' addresses"),
+            Err(_) => tracing::debug!("daemon stopping before IPAM got the containers' addresses"),
+        }
     }
 
     async fn put_on_bridge(&mut self, addrs: &[Ipv4Net]) -> Result<(), PlumbError> {
@@ -643,9 +690,58 @@ impl Plumber {
         Ok(())
     }
 
-    /// Addresses for a container that asked for none: IPAM's job, a later issue.
-    fn allocate(&self, _identity: &Identity) -> Result<Vec<Ipv4Net>, PlumbError> {
-        Err(PlumbError::Invalid(NO_ADDRESS.to_owned()))
+    /// An address from IPAM for `ident` (the one it has already, if any), in the
+    /// default subnet.
+    async fn allocate(&self, ident: &str) -> Result<Vec<Ipv4Net>, PlumbError> {
+        match self.ipam.ipam_allocate(ident.to_owned(), None).await {
+            Ok(Ok(net)) => Ok(vec![net]),
+            Ok(Err(err)) => Err(ipam_failed(
+                &format!("cannot allocate an address for {ident}"),
+                err,
+            )),
+            Err(gone) => Err(PlumbError::Failed(gone.to_string())),
+        }
+    }
+
+    /// Claims addresses given by hand, so IPAM never hands them to anyone else (those
+    /// outside its range are just recorded).
+    async fn claim(&self, ident: &str, addrs: &[Ipv4Net]) -> Result<(), PlumbError> {
+        for (i, net) in addrs.iter().enumerate() {
+            let failed = match self.ipam.ipam_claim(ident.to_owned(), *net).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(IpamFailure::Invalid(why))) if why.starts_with("IPAM is disabled") => {
+                    continue;
+                }
+                Ok(Err(err)) => ipam_failed(&format!("cannot claim {net} for {ident}"), err),
+                Err(gone) => PlumbError::Failed(gone.to_string()),
+            };
+            self.release(ident, &addrs[..i]).await;
+            return Err(failed);
+        }
+        Ok(())
+    }
+
+    /// Gives addresses back to IPAM (best effort: logged, not failed).
+    async fn release(&self, ident: &str, addrs: &[Ipv4Net]) {
+        for net in addrs {
+            match self.ipam.ipam_free(ident.to_owned(), net.addr()).await {
+                Ok(Ok(())) | Err(_) => {}
+                // Not IPAM's (IPAM off, or never recorded): nothing to give back.
+                Ok(Err(IpamFailure::NotFound(_) | IpamFailure::Invalid(_))) => {}
+                Ok(Err(err)) => tracing::warn!(%err, "cannot release {net} of {ident}"),
+            }
+        }
+    }
+
+    /// Gives every address of `ident` back to IPAM.
+    async fn release_all(&self, ident: &str) {
+        match self.ipam.ipam_free_ident(ident.to_owned()).await {
+            Ok(Ok(freed)) if !freed.is_empty() => {
+                tracing::debug!(ident, ?freed, "released addresses to IPAM");
+            }
+            Ok(Ok(_)) | Err(_) | Ok(Err(IpamFailure::Invalid(_))) => {}
+            Ok(Err(err)) => tracing::warn!(%err, "cannot release the addresses of {ident}"),
+        }
     }
 
     async fn attach(&mut self, spec: AttachSpec, mtu: u32) -> Result<PsEntry, PlumbError> {
@@ -663,36 +759,84 @@ impl Plumber {
                 spec.target
             )));
         }
-        let mut addrs = if spec.addrs.is_empty() {
-            self.allocate(&resolved.identity)?
-        } else {
-            spec.addrs.clone()
-        };
-        dedup(&mut addrs);
         let host = self.bridge().await?;
-        let existing = self
+        let mut existing = self
             .registry
             .find(&resolved.identity, Some(ns.id()))
             .cloned();
+        if let Some(record) = &existing {
+            let same_ns = record.ns == (ns.id().dev, ns.id().ino);
+            let veth = host
+                .link(&record.host_ifname)
+                .await
+                .map_err(sys_failed)?
+                .is_some();
+            if !(same_ns && veth) {
+                // Its name or PID now holds another namespace, or its veth is gone. Under
+                // the same identity it keeps its addresses in IPAM: it is back.
+                let keep = record.identity == resolved.identity;
+                self.drop_record(&record.identity, "replaced by a new attachment")
+                    .await;
+                if !keep {
+                    self.release_all(&record.identity.ipam_ident()).await;
+                }
+                existing = None;
+            }
+        }
         let owner = existing
             .as_ref()
-            .map_or(&resolved.identity, |r| &r.identity);
-        self.registry.check_free(&addrs, Owner::Container(owner))?;
-        if let Some(record) = existing {
-            let same_ns = record.ns == (ns.id().dev, ns.id().ino);
-            if same_ns
-                && host
-                    .link(&record.host_ifname)
-                    .await
-                    .map_err(sys_failed)?
-                    .is_some()
-            {
-                return self.add_to(record, &ns, &addrs, &spec, mtu).await;
-            }
-            // Its name or PID now holds another namespace, or its veth is gone.
-            self.forget(&record.identity, "replaced by a new attachment")
-                .await;
+            .map_or(&resolved.identity, |r| &r.identity)
+            .clone();
+        let ident = owner.ipam_ident();
+        let mut addrs = if spec.addrs.is_empty() {
+            self.allocate(&ident).await?
+        } else {
+            self.claim(&ident, &spec.addrs).await?;
+            spec.addrs.clone()
+        };
+        dedup(&mut addrs);
+        // What this attach took from IPAM goes back if the plumbing fails.
+        let held = existing
+            .as_ref()
+            .map(|r| r.addrs.clone())
+            .unwrap_or_default();
+        let taken: Vec<Ipv4Net> = addrs
+            .iter()
+            .filter(|a| !held.contains(a))
+            .copied()
+            .collect();
+        let result = self
+            .plumb(spec, mtu, resolved, &ns, host, existing, owner, addrs)
+            .await;
+        if result.is_err() {
+            self.release(&ident, &taken).await;
         }
+        result
+    }
+
+    /// The rest of `attach`, once the addresses are known.
+    #[allow(clippy::too_many_arguments)]
+    async fn plumb(
+        &mut self,
+        spec: AttachSpec,
+        mtu: u32,
+        resolved: Resolved,
+        ns: &Netns,
+        host: Netlink,
+        existing: Option<Record>,
+        owner: Identity,
+        addrs: Vec<Ipv4Net>,
+    ) -> Result<PsEntry, PlumbError> {
+        self.registry.check_free(&addrs, Owner::Container(&owner))?;
+        if let Some(record) = existing {
+            return self.add_to(record, ns, &addrs, &spec, mtu).await;
+        }
+        let Some(location) = &resolved.location else {
+            return Err(PlumbError::Invalid(format!(
+                "{} is not running",
+                spec.target
+            )));
+        };
 
         let identity = resolved.identity;
         let mac = derive_mac(self.peer, &identity);
@@ -712,7 +856,7 @@ impl Plumber {
         if detach_veth(&host, &host_ifname).await.map_err(sys_failed)? {
             tracing::info!(interface = %host_ifname, "removed a leftover veth");
         }
-        let inner = Netlink::connect_in(&ns).await.map_err(sys_failed)?;
+        let inner = Netlink::connect_in(ns).await.map_err(sys_failed)?;
         if inner
             .link(CONTAINER_IFNAME)
             .await
@@ -738,7 +882,7 @@ impl Plumber {
             addresses: &addrs,
             routes,
         };
-        attach_veth(&host, &self.bridge, &ns, &veth)
+        attach_veth(&host, &self.bridge, ns, &veth)
             .await
             .map_err(sys_failed)?;
         let record = Record {
@@ -883,7 +1027,8 @@ impl Plumber {
                 record.target,
                 crate::control::show_addrs(&record.addrs)
             );
-            // DNS/IPAM hook (later): drop its names, release its addresses.
+            // DNS hook (later): drop its names.
+            self.release_all(&record.identity.ipam_ident()).await;
         } else {
             let inner = Netlink::connect_in(ns).await.map_err(sys_failed)?;
             for addr in &remove {
@@ -900,28 +1045,37 @@ impl Plumber {
             if let Some(r) = self.registry.containers.get_mut(&record.identity) {
                 r.addrs = remaining;
             }
+            self.release(&record.identity.ipam_ident(), &remove).await;
         }
         self.persist()
     }
 
     /// Drops a container from the registry (not persisted: the caller does), deleting
-    /// its veth if it is still there.
+    /// its veth if it is still there, and gives its addresses back to IPAM.
     async fn forget(&mut self, identity: &Identity, reason: &str) {
+        if self.drop_record(identity, reason).await {
+            self.release_all(&identity.ipam_ident()).await;
+        }
+    }
+
+    /// [`Self::forget`] without giving the addresses back; whether it was there.
+    async fn drop_record(&mut self, identity: &Identity, reason: &str) -> bool {
         let Some(record) = self.registry.containers.remove(identity) else {
-            return;
+            return false;
         };
         if let Ok(host) = self.host()
             && let Err(err) = detach_veth(&host, &record.host_ifname).await
         {
             tracing::warn!(%err, interface = %record.host_ifname, "cannot remove the veth of a gone container");
         }
-        // DNS/IPAM hook (later): drop its names, release its addresses.
+        // DNS hook (later): drop its names.
         tracing::info!(
             "forgetting container {} ({}): {reason}; released {}",
             identity.ps_id(),
             record.target,
             crate::control::show_addrs(&record.addrs)
         );
+        true
     }
 
     /// Forgets containers whose namespace is gone (or is another one now) or whose veth
@@ -970,11 +1124,25 @@ impl Plumber {
 
     async fn expose(&mut self, mut addrs: Vec<Ipv4Net>) -> Result<Vec<Ipv4Net>, PlumbError> {
         if addrs.is_empty() {
-            return Err(PlumbError::Invalid(NO_ADDRESS.to_owned()));
+            // Weave's `weave expose` without an address: one from IPAM, for the host.
+            addrs = self.allocate(EXPOSE_ID).await?;
+        } else {
+            self.claim(EXPOSE_ID, &addrs).await?;
         }
         dedup(&mut addrs);
-        self.registry.check_free(&addrs, Owner::Expose)?;
-        self.put_on_bridge(&addrs).await?;
+        let taken: Vec<Ipv4Net> = addrs
+            .iter()
+            .filter(|a| !self.registry.exposed.contains(a))
+            .copied()
+            .collect();
+        let shown = match self.registry.check_free(&addrs, Owner::Expose) {
+            Ok(()) => self.put_on_bridge(&addrs).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = shown {
+            self.release(EXPOSE_ID, &taken).await;
+            return Err(err);
+        }
         for addr in &addrs {
             if !self.registry.exposed.contains(addr) {
                 self.registry.exposed.push(*addr);
@@ -1017,6 +1185,11 @@ impl Plumber {
         }
         if !hide.is_empty() {
             tracing::info!("hid {}", crate::control::show_addrs(&hide));
+        }
+        if addrs.is_empty() {
+            self.release_all(EXPOSE_ID).await;
+        } else {
+            self.release(EXPOSE_ID, &hide).await;
         }
         self.persist()
     }

@@ -20,6 +20,7 @@ use weave_router::PathReport;
 
 use super::DaemonConfig;
 use super::containers::{self, Containers};
+use super::ipam::IpamService;
 use super::state::State;
 use crate::control::{DaemonHandle, Request};
 use crate::dataplane::{self, Dataplane, DataplaneConfig, EngineEvent};
@@ -113,6 +114,8 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
     }
     mesh.connect(&targets, true, now);
     state.put(KEY_TARGETS, &targets)?;
+    // Consensus' quorum counts the peers we were launched with, and ourselves.
+    let ipam = IpamService::start(&config.ipam, targets.len(), name, state.clone(), &mut mesh)?;
 
     let (engine_tx, engine_events) = mpsc::unbounded_channel();
     let dataplane = Dataplane::start(
@@ -128,6 +131,8 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
     .await?;
 
     let (request_tx, requests) = mpsc::channel(64);
+    // The container task asks IPAM for addresses through the same door as the API.
+    let ipam_handle = DaemonHandle::new(request_tx.clone());
     let api = tokio::spawn(crate::api::serve(
         http,
         status,
@@ -135,9 +140,10 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
     ));
     tracing::info!(%name, port = config.port, encryption = config.password.is_some(), "weave router started");
 
-    let containers = Containers::start(state.clone(), containers::BRIDGE, name);
+    let containers = Containers::start(state.clone(), containers::BRIDGE, name, ipam_handle);
     let mut daemon = Daemon {
         mesh,
+        ipam,
         state,
         containers,
         port: config.port,
@@ -153,6 +159,8 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
     // `run` consumes the request channel: once it returns, the API sees the daemon is
     // gone and winds down by itself after answering what is in flight.
     let stop = daemon.run(listener, requests).await;
+    // The container task may be waiting on an allocation: let it go before waiting on it.
+    daemon.ipam.close();
     // `weave reset` also removes the containers' interfaces; `weave stop` leaves them.
     let reset = matches!(&stop, Ok(Some((true, _))));
     daemon.containers.shutdown(reset).await;
@@ -187,6 +195,8 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
 
 struct Daemon {
     mesh: Mesh,
+    /// Address allocation, a gossip channel of the mesh (see `super::ipam`).
+    ipam: IpamService,
     state: std::sync::Arc<State>,
     /// Attached containers and exposed addresses (a task of their own).
     containers: Containers,
@@ -335,6 +345,8 @@ impl Daemon {
 
     /// Carries out what the mesh asked for.
     fn drain(&mut self) {
+        // IPAM persists what it changed before any of its gossip leaves.
+        self.ipam.flush(&mut self.mesh);
         while let Some((conn, bytes)) = self.mesh.poll_transmit() {
             let Some(io) = self.conns.get(&conn) else {
                 continue;
@@ -501,6 +513,10 @@ impl Daemon {
                 let _ = reply.send(result);
             }
             Request::Stop { reset, reply } => {
+                if reset {
+                    // `weave reset`: our ranges go to a live peer, ahead of the closes.
+                    self.ipam.leave(&mut self.mesh);
+                }
                 self.mesh.shutdown(now);
                 self.stopping = Some((reset, reply));
             }
@@ -513,6 +529,7 @@ impl Daemon {
                     });
                 self.containers.submit(request, mtu);
             }
+            Request::Ipam(request) => self.ipam.handle(&mut self.mesh, request),
         }
     }
 
@@ -589,6 +606,7 @@ impl Daemon {
             .collect();
         let stats = self.mesh.stats();
         Report {
+            ipam: self.ipam.report(&self.mesh),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             router: RouterReport {
                 protocol: "weave".to_owned(),

@@ -30,10 +30,13 @@ pub(crate) struct DaemonConfig {
     pub(crate) http_addr: SocketAddr,
     /// Read-only status and Prometheus metrics (127.0.0.1:6782).
     pub(crate) status_addr: SocketAddr,
+    /// `--ipalloc-range`, `--ipalloc-default-subnet`, `--ipalloc-init`.
+    pub(crate) ipam: ipam::IpamSettings,
 }
 
 mod containers;
 mod event_loop;
+pub(crate) mod ipam;
 pub(crate) mod state;
 
 pub(crate) use event_loop::run;

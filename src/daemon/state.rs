@@ -103,6 +103,24 @@ impl State {
         txn.commit()?;
         Ok(())
     }
+
+    /// Runs `f` in one write transaction (tables of its own, several changes at once)
+    /// and commits it durably before returning.
+    pub(crate) fn write<R>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<R>,
+    ) -> Result<R> {
+        let txn = self.db.begin_write()?;
+        let result = f(&txn)?;
+        txn.commit()?;
+        Ok(result)
+    }
+
+    /// Runs `f` in a read transaction.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<R>) -> Result<R> {
+        let txn = self.db.begin_read()?;
+        f(&txn)
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 # network tools for the namespace lab and the clients the tests drive.
 set -euo pipefail
 
-packages=(iproute2 iptables iputils-ping iperf3 bind9-dnsutils dnsmasq-base tcpdump procps psmisc gcc)
+packages=(iproute2 iptables iputils-ping iperf3 bind9-dnsutils dnsmasq-base dnsperf tcpdump procps psmisc gcc)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

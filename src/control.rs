@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::report::Report;
 
+pub(crate) mod dns;
 pub(crate) mod ipam;
 
 /// What the API can ask of the daemon.
@@ -39,6 +40,8 @@ pub(crate) enum Request {
     Containers(ContainerRequest),
     /// Address allocation (`/ip/...`, `/ring`, `/peer/NAME`, and the container task).
     Ipam(ipam::IpamRequest),
+    /// Name records (`/name/...`, `weave dns-*`, and the container task).
+    Dns(dns::DnsRequest),
 }
 
 /// What the API asks of the container registry; each answers on its oneshot.

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) mod dns;
 pub(crate) mod ipam;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -17,6 +18,9 @@ pub(crate) struct Report {
     /// Address allocation; absent when IPAM is off (`--ipalloc-range ''`).
     #[serde(rename = "IPAM", default, skip_serializing_if = "Option::is_none")]
     pub(crate) ipam: Option<ipam::IpamReport>,
+    /// The name server; absent when it is off (`--no-dns`).
+    #[serde(rename = "DNS", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) dns: Option<dns::DnsReport>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

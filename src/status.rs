@@ -57,6 +57,10 @@ pub(crate) fn render_status(report: &Report) -> String {
         out.push('\n');
         out.push_str(&crate::api::ipam::status_block(ipam));
     }
+    if let Some(dns) = &report.dns {
+        out.push('\n');
+        out.push_str(&crate::api::dns::status_block(dns));
+    }
     out
 }
 
@@ -290,6 +294,7 @@ mod tests {
         ];
         Report {
             ipam: None,
+            dns: None,
             version: "0.1.0".to_owned(),
             router: RouterReport {
                 protocol: "weave".to_owned(),

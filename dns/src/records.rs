@@ -107,8 +107,14 @@ impl Entry {
 /// [`Self::remove`], [`Self::remove_owner`]) are broadcast from the next
 /// [`Gossiper::handle_timeout`], which [`Gossiper::poll_timeout`] asks for at once; the
 /// caller must re-read `poll_timeout` after calling them.
+///
+/// Cloning copies the whole table: the daemon answers queries from a clone published
+/// whenever [`Self::generation`] moves, so answering never waits on the gossip side.
+#[derive(Clone)]
 pub struct NameStore {
     local: PeerName,
+    /// Bumped whenever the set of live records changes.
+    generation: u64,
     entries: BTreeMap<EntryKey, EntryState>,
     /// Live records by name: each address with how many live records give it.
     by_name: BTreeMap<WireName, Vec<(Ipv4Addr, u32)>>,
@@ -134,6 +140,7 @@ impl NameStore {
     pub fn new(local: PeerName, now: Instant) -> Self {
         Self {
             local,
+            generation: 0,
             entries: BTreeMap::new(),
             by_name: BTreeMap::new(),
             by_addr: BTreeMap::new(),
@@ -149,6 +156,12 @@ impl NameStore {
 
     pub fn local(&self) -> PeerName {
         self.local
+    }
+
+    /// A counter that moves whenever a record becomes live or stops being live (what
+    /// answers depend on); tombstone bookkeeping does not move it.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Adds a record of ours: `name` (a hostname, any case, trailing dot optional) at
@@ -342,6 +355,7 @@ impl NameStore {
         if was_live == live {
             return;
         }
+        self.generation += 1;
         let own = key.origin == self.local;
         if live {
             self.local_live += usize::from(own);

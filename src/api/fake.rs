@@ -111,6 +111,7 @@ impl FakeDaemon {
                     // IPAM is tested against the real core (api/ipam/tests.rs); here
                     // an unanswered request reads as a daemon going away.
                     Request::Ipam(request) => drop(request),
+                    Request::Dns(request) => drop(request),
                 }
             }
         });

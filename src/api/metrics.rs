@@ -96,6 +96,7 @@ pub(crate) fn render(report: &Report) -> String {
 
     register_data_plane(&mut registry, report);
     super::ipam::register_metrics(&mut registry, report);
+    super::dns::register_metrics(&mut registry, report);
 
     let mut out = String::new();
     encode(&mut out, &registry).expect("encoding into a String cannot fail");
@@ -207,6 +208,7 @@ mod tests {
     fn renders_connections_peers_and_counters() {
         let report = Report {
             ipam: None,
+            dns: None,
             version: "0.1.0".to_owned(),
             router: RouterReport {
                 targets: vec!["192.0.2.2".to_owned()],

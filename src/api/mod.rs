@@ -7,7 +7,7 @@
 //! | method and path | answer |
 //! |---|---|
 //! | `GET /status` | `weave status` text |
-//! | `GET /status/targets`, `/status/connections`, `/status/peers`, `/status/ipam` | that view's text |
+//! | `GET /status/targets`, `/status/connections`, `/status/peers`, `/status/ipam`, `/status/dns` | that view's text |
 //! | `GET /report` | the [`Report`](crate::report::Report) as pretty JSON |
 //! | `GET /metrics` | Prometheus / OpenMetrics text |
 //! | `POST /connect` | form `peer=h[:p]` (repeated), `replace=true`: add targets |
@@ -16,6 +16,7 @@
 //! | `DELETE /peer` | Weave's "leave" as used by `weave reset`: same as `POST /stop?reset=true` |
 //! | `POST /attach`, `/detach`, `/expose`, `/hide`, `GET /ps` | container plumbing (see [`containers`]) |
 //! | `/ip/...`, `GET /ring`, `DELETE /peer/{name}` | address allocation (see [`ipam`]) |
+//! | `/name/...`, `/domain`, `/dns-add`, `/dns-remove`, `/lookup/{name}` | DNS (see [`dns`]) |
 //!
 //! Only the control API has the commands (everything from `/connect` on). Form fields may
 //! come in the body (`application/x-www-form-urlencoded`) or the query string. A bad
@@ -25,6 +26,7 @@
 
 pub(crate) mod client;
 mod containers;
+pub(crate) mod dns;
 #[cfg(test)]
 pub(crate) mod fake;
 mod form;
@@ -73,7 +75,7 @@ pub(crate) async fn serve(
 
 /// Everything: read-only views plus the commands that change the daemon.
 pub(crate) fn control_router(handle: DaemonHandle) -> Router {
-    ipam::routes(containers::routes(read_only_routes()))
+    dns::routes(ipam::routes(containers::routes(read_only_routes())))
         .route("/connect", post(connect))
         .route("/forget", post(forget))
         .route("/stop", post(stop))
@@ -141,11 +143,12 @@ async fn status_view(State(handle): State<DaemonHandle>, Path(view): Path<String
         "connections" => status::render_connections,
         "peers" => status::render_peers,
         "ipam" => ipam::render_ipam,
+        "dns" => dns::render_dns,
         _ => {
             return text(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "unknown status view {view:?}: expected targets, connections, peers or ipam"
+                    "unknown status view {view:?}: expected targets, connections, peers, ipam or dns"
                 ),
             );
         }

@@ -10,6 +10,7 @@ use crate::status;
 fn sample() -> Report {
     Report {
         ipam: None,
+        dns: None,
         version: "0.1.0".to_owned(),
         router: RouterReport {
             protocol: "weave".to_owned(),

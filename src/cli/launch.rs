@@ -103,6 +103,14 @@ pub(super) fn router_args(args: &DaemonArgs, state_dir: &Path) -> Vec<OsString> 
         flag("ipalloc-default-subnet", subnet.to_string().into());
     }
     flag("ipalloc-init", args.ipalloc_init.to_string().into());
+    flag("dns-domain", args.dns_domain.clone().into());
+    flag("dns-ttl", args.dns_ttl.to_string().into());
+    if let Some(listen) = args.dns_listen_address {
+        flag("dns-listen-address", listen.to_string().into());
+    }
+    if args.no_dns {
+        argv.push("--no-dns".into());
+    }
     if args.no_discovery {
         argv.push("--no-discovery".into());
     }

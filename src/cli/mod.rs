@@ -7,6 +7,7 @@
 
 mod attach;
 mod connect;
+mod dns;
 mod expose;
 mod forget;
 mod ipam;
@@ -86,6 +87,15 @@ pub(crate) enum Command {
     Prime(ApiArgs),
     /// Take over the IP ranges of dead peers (by name or nickname); run it on one host.
     Rmpeer(ipam::RmpeerArgs),
+    /// Register a name in DNS: `[ADDR...] CONTAINER [-h FQDN]` or `ADDR... -h FQDN`.
+    #[command(name = "dns-add", disable_help_flag = true)]
+    DnsAdd(dns::DnsArgs),
+    /// Remove names from DNS: `[ADDR...] CONTAINER [-h FQDN]` or `[ADDR...] -h FQDN`.
+    #[command(name = "dns-remove", disable_help_flag = true)]
+    DnsRemove(dns::DnsArgs),
+    /// Print the addresses DNS has for a name, one per line.
+    #[command(name = "dns-lookup")]
+    DnsLookup(dns::LookupArgs),
 }
 
 /// Flags of `weave launch` and `weave router`.
@@ -141,6 +151,20 @@ pub(crate) struct DaemonArgs {
     /// seed=NAME,... or observer.
     #[arg(long, value_name = "MODE", default_value = "consensus")]
     pub(crate) ipalloc_init: crate::daemon::ipam::InitArg,
+    /// Turn the DNS server off (names are neither served nor registered).
+    #[arg(long, visible_alias = "without-dns")]
+    pub(crate) no_dns: bool,
+    /// The domain containers' names live in.
+    #[arg(long, value_name = "DOMAIN", default_value = crate::daemon::dns::DEFAULT_DOMAIN,
+          value_parser = crate::daemon::dns::parse_domain)]
+    pub(crate) dns_domain: String,
+    /// TTL of the DNS answers for container names, seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1)]
+    pub(crate) dns_ttl: u32,
+    /// Also serve DNS on the host at ADDR[:PORT] (containers are served inside their own
+    /// namespace at 127.0.0.12:53 regardless).
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = crate::daemon::dns::parse_listen)]
+    pub(crate) dns_listen_address: Option<SocketAddr>,
 }
 
 impl DaemonArgs {
@@ -196,6 +220,8 @@ pub(crate) enum StatusView {
     Peers,
     /// Who owns how much of the IP allocation range.
     Ipam,
+    /// The name records: name, address, container, origin peer.
+    Dns,
 }
 
 impl StatusView {
@@ -206,6 +232,7 @@ impl StatusView {
             Self::Connections => "/status/connections",
             Self::Peers => "/status/peers",
             Self::Ipam => "/status/ipam",
+            Self::Dns => "/status/dns",
         }
     }
 }
@@ -298,6 +325,9 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ps(args) => ps::run(args),
         Command::Prime(args) => client_runtime()?.block_on(ipam::run_prime(args)),
         Command::Rmpeer(args) => client_runtime()?.block_on(ipam::run_rmpeer(args)),
+        Command::DnsAdd(args) => client_runtime()?.block_on(dns::run_add(args)),
+        Command::DnsRemove(args) => client_runtime()?.block_on(dns::run_remove(args)),
+        Command::DnsLookup(args) => client_runtime()?.block_on(dns::run_lookup(args)),
     }
 }
 

@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 use super::{DaemonArgs, launch::DETACH_ENV, state};
+use crate::daemon::dns::DnsSettings;
 use crate::daemon::ipam::IpamSettings;
 use crate::daemon::{self, DaemonConfig};
 
@@ -50,6 +51,13 @@ pub(super) fn daemon_config(args: DaemonArgs) -> anyhow::Result<DaemonConfig> {
         http_addr: args.http_addr,
         status_addr: args.status_addr,
         ipam,
+        dns: DnsSettings {
+            enabled: !args.no_dns,
+            domain: args.dns_domain,
+            ttl: args.dns_ttl,
+            listen: args.dns_listen_address,
+            ..DnsSettings::default()
+        },
     })
 }
 

@@ -103,6 +103,7 @@ mod tests {
     fn report() -> Value {
         let report = Report {
             ipam: None,
+            dns: None,
             version: "0.1.0".to_owned(),
             router: RouterReport {
                 name: "02:00:00:00:00:01".to_owned(),

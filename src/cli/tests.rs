@@ -53,6 +53,10 @@ fn launch_defaults_match_weave() {
             ipalloc_range: crate::daemon::ipam::RangeArg("10.32.0.0/12".parse().ok()),
             ipalloc_default_subnet: None,
             ipalloc_init: crate::daemon::ipam::InitArg::Consensus(None),
+            no_dns: false,
+            dns_domain: "weave.local.".to_owned(),
+            dns_ttl: 1,
+            dns_listen_address: None,
         }
     );
 }

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use weave_mesh::PeerName;
 
+use super::dns::{ContainerDns, DnsHandle, ResolvTarget};
 use super::state::State;
 use crate::control::ipam::IpamFailure;
 use crate::control::{
@@ -145,6 +146,20 @@ struct Record {
 }
 
 impl Record {
+    /// The resolv.conf DNS points at itself (see `super::dns`).
+    fn resolv_target(&self) -> ResolvTarget {
+        match (&self.identity, &self.location) {
+            (Identity::Docker(id), _) => ResolvTarget::Docker(id.clone()),
+            (_, Location::Named(name)) => ResolvTarget::Named(name.clone()),
+            (_, Location::Path(path)) => ResolvTarget::Path(path.clone()),
+            (_, Location::Pid(pid)) => ResolvTarget::Pid(*pid),
+        }
+    }
+
+    fn ips(&self) -> Vec<Ipv4Addr> {
+        self.addrs.iter().map(Ipv4Net::addr).collect()
+    }
+
     fn entry(&self) -> PsEntry {
         PsEntry {
             id: self.identity.ps_id(),
@@ -521,9 +536,11 @@ impl Containers {
         bridge: &str,
         peer: PeerName,
         ipam: DaemonHandle,
+        dns: Option<DnsHandle>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let plumber = Plumber {
+            dns: ContainerDns::new(dns, ipam.clone()),
             registry: Registry::default(),
             state,
             bridge: bridge.to_owned(),
@@ -565,6 +582,8 @@ struct Plumber {
     own_ns: Option<NsId>,
     /// The event loop, for addresses from IPAM.
     ipam: DaemonHandle,
+    /// Containers' name records and the name server in their namespaces.
+    dns: ContainerDns,
 }
 
 impl Plumber {
@@ -649,6 +668,21 @@ impl Plumber {
         }
         let known = self.registry.containers.len();
         self.sweep().await;
+        // Serve DNS again in the containers still there, and register their names.
+        let survivors: Vec<Record> = self.registry.containers.values().cloned().collect();
+        for record in survivors.iter().filter(|r| r.dns) {
+            let ns = record.location.ns_target().open().ok();
+            self.dns
+                .up(
+                    &record.identity.ps_id(),
+                    ns.as_ref(),
+                    &record.resolv_target(),
+                    record.name.as_deref(),
+                    None,
+                    &record.ips(),
+                )
+                .await;
+        }
         if known > 0 {
             tracing::info!(
                 "{} of {known} attached containers still there",
@@ -827,6 +861,11 @@ impl Plumber {
         owner: Identity,
         addrs: Vec<Ipv4Net>,
     ) -> Result<PsEntry, PlumbError> {
+        if spec.dns {
+            self.dns
+                .check_name(spec.name.as_deref())
+                .map_err(PlumbError::Invalid)?;
+        }
         self.registry.check_free(&addrs, Owner::Container(&owner))?;
         if let Some(record) = existing {
             return self.add_to(record, ns, &addrs, &spec, mtu).await;
@@ -907,9 +946,21 @@ impl Plumber {
             crate::control::show_addrs(&record.addrs),
             record.host_ifname
         );
-        // DNS hook (later): register `record.name` with its addresses when `record.dns`.
+        let dns = record.dns.then(|| record.clone());
         self.registry.containers.insert(identity, record);
         self.persist()?;
+        if let Some(record) = dns {
+            self.dns
+                .up(
+                    &record.identity.ps_id(),
+                    Some(ns),
+                    &record.resolv_target(),
+                    record.name.as_deref(),
+                    None,
+                    &record.ips(),
+                )
+                .await;
+        }
         Ok(entry)
     }
 
@@ -955,10 +1006,12 @@ impl Plumber {
                 .await
                 .map_err(sys_failed)?;
         }
+        let old_name = record.name.clone();
         if spec.name.is_some() {
             record.name.clone_from(&spec.name);
         }
         record.dns = spec.dns;
+        let dns = record.clone();
         let entry = record.entry();
         tracing::info!(
             "re-attached {} ({}): {}",
@@ -970,6 +1023,21 @@ impl Plumber {
             .containers
             .insert(record.identity.clone(), record);
         self.persist()?;
+        let owner = dns.identity.ps_id();
+        if dns.dns {
+            self.dns
+                .up(
+                    &owner,
+                    Some(ns),
+                    &dns.resolv_target(),
+                    dns.name.as_deref(),
+                    old_name.as_deref(),
+                    &dns.ips(),
+                )
+                .await;
+        } else {
+            self.dns.down(&owner).await;
+        }
         Ok(entry)
     }
 
@@ -1027,7 +1095,7 @@ impl Plumber {
                 record.target,
                 crate::control::show_addrs(&record.addrs)
             );
-            // DNS hook (later): drop its names.
+            self.dns.down(&record.identity.ps_id()).await;
             self.release_all(&record.identity.ipam_ident()).await;
         } else {
             let inner = Netlink::connect_in(ns).await.map_err(sys_failed)?;
@@ -1045,6 +1113,8 @@ impl Plumber {
             if let Some(r) = self.registry.containers.get_mut(&record.identity) {
                 r.addrs = remaining;
             }
+            let gone: Vec<Ipv4Addr> = remove.iter().map(Ipv4Net::addr).collect();
+            self.dns.drop_addrs(&record.identity.ps_id(), &gone).await;
             self.release(&record.identity.ipam_ident(), &remove).await;
         }
         self.persist()
@@ -1068,7 +1138,7 @@ impl Plumber {
         {
             tracing::warn!(%err, interface = %record.host_ifname, "cannot remove the veth of a gone container");
         }
-        // DNS hook (later): drop its names.
+        self.dns.down(&identity.ps_id()).await;
         tracing::info!(
             "forgetting container {} ({}): {reason}; released {}",
             identity.ps_id(),
@@ -1227,6 +1297,7 @@ impl Plumber {
                 tracing::warn!(%err, interface = %name, "reset: cannot remove veth");
             }
         }
+        self.dns.reset();
         for addr in std::mem::take(&mut self.registry.exposed) {
             let _ = crate::sys::hide(&host, &self.bridge, addr).await;
         }

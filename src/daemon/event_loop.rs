@@ -20,6 +20,7 @@ use weave_router::PathReport;
 
 use super::DaemonConfig;
 use super::containers::{self, Containers};
+use super::dns::DnsService;
 use super::ipam::IpamService;
 use super::state::State;
 use crate::control::{DaemonHandle, Request};
@@ -116,6 +117,7 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
     state.put(KEY_TARGETS, &targets)?;
     // Consensus' quorum counts the peers we were launched with, and ourselves.
     let ipam = IpamService::start(&config.ipam, targets.len(), name, state.clone(), &mut mesh)?;
+    let dns = DnsService::start(&config.dns, name, &mut mesh).await?;
 
     let (engine_tx, engine_events) = mpsc::unbounded_channel();
     let dataplane = Dataplane::start(
@@ -140,10 +142,17 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
     ));
     tracing::info!(%name, port = config.port, encryption = config.password.is_some(), "weave router started");
 
-    let containers = Containers::start(state.clone(), containers::BRIDGE, name, ipam_handle);
+    let containers = Containers::start(
+        state.clone(),
+        containers::BRIDGE,
+        name,
+        ipam_handle,
+        dns.handle(),
+    );
     let mut daemon = Daemon {
         mesh,
         ipam,
+        dns,
         state,
         containers,
         port: config.port,
@@ -197,6 +206,8 @@ struct Daemon {
     mesh: Mesh,
     /// Address allocation, a gossip channel of the mesh (see `super::ipam`).
     ipam: IpamService,
+    /// Name records, a gossip channel of the mesh, and the name server (`super::dns`).
+    dns: DnsService,
     state: std::sync::Arc<State>,
     /// Attached containers and exposed addresses (a task of their own).
     containers: Containers,
@@ -387,6 +398,7 @@ impl Daemon {
             self.routes_dirty = false;
             self.push_routes();
         }
+        self.dns.flush(&self.mesh);
     }
 
     /// Tells the data plane what the mesh did that concerns it.
@@ -530,6 +542,7 @@ impl Daemon {
                 self.containers.submit(request, mtu);
             }
             Request::Ipam(request) => self.ipam.handle(&mut self.mesh, request),
+            Request::Dns(request) => self.dns.handle_request(&mut self.mesh, request),
         }
     }
 
@@ -607,6 +620,7 @@ impl Daemon {
         let stats = self.mesh.stats();
         Report {
             ipam: self.ipam.report(&self.mesh),
+            dns: self.dns.report(&self.mesh),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             router: RouterReport {
                 protocol: "weave".to_owned(),

@@ -32,9 +32,12 @@ pub(crate) struct DaemonConfig {
     pub(crate) status_addr: SocketAddr,
     /// `--ipalloc-range`, `--ipalloc-default-subnet`, `--ipalloc-init`.
     pub(crate) ipam: ipam::IpamSettings,
+    /// `--no-dns`, `--dns-domain`, `--dns-ttl`, `--dns-listen-address`.
+    pub(crate) dns: dns::DnsSettings,
 }
 
 mod containers;
+pub(crate) mod dns;
 mod event_loop;
 pub(crate) mod ipam;
 pub(crate) mod state;

@@ -375,8 +375,8 @@ pub(crate) fn status_block(dns: &DnsReport) -> String {
     out
 }
 
-/// `weave status dns`: `name  address  container[:12]  origin` per live record (the
-/// name without the domain), as Weave printed them.
+/// `weave status dns`: `name  address  container  origin` per live record (the name
+/// without the domain), as Weave printed them.
 pub(crate) fn render_dns(report: &Report) -> String {
     let Some(dns) = &report.dns else {
         return "DNS is off (the daemon was launched with --no-dns)\n".to_owned();
@@ -388,10 +388,10 @@ pub(crate) fn render_dns(report: &Report) -> String {
             .hostname
             .strip_suffix(&domain)
             .unwrap_or(&entry.hostname);
-        let owner: String = entry.container_id.chars().take(12).collect();
+        // Owners are `weave ps` IDs: Docker's are already the 12-digit short form.
         out.push_str(&format!(
-            "{name:<15} {:<15} {owner:<12} {}\n",
-            entry.address, entry.origin
+            "{name:<15} {:<15} {:<12} {}\n",
+            entry.address, entry.container_id, entry.origin
         ));
     }
     out
@@ -442,7 +442,7 @@ mod tests {
                     DnsEntryReport {
                         hostname: "db.weave.local.".to_owned(),
                         origin: "02:00:00:00:00:03".to_owned(),
-                        container_id: "0123456789abcdef".to_owned(),
+                        container_id: "0123456789ab".to_owned(),
                         address: "198.18.0.3".to_owned(),
                     },
                     DnsEntryReport {

@@ -1,0 +1,434 @@
+//! End-to-end tests of weaveDNS with the real binary and real clients: three lab hosts
+//! meshed, containers attached with `--name`, and from inside a container the C
+//! library's resolver (`getent hosts`, `ping`) and `dig` (UDP and TCP) find the others
+//! by name, reverse lookups work, other names are forwarded to an upstream (dnsmasq in
+//! a namespace of its own, named in the hosts' resolv.conf), and a name goes away
+//! everywhere soon after its container is detached or its namespace deleted.
+
+#[path = "lab/mod.rs"]
+mod lab;
+
+use std::time::Duration;
+
+use lab::{Container, Host, Lab, Proc, wait_until};
+use serde_json::Value;
+
+const WEAVE: &str = env!("CARGO_BIN_EXE_weave");
+const WAIT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(250);
+/// What the upstream resolver serves (a name and address outside the overlay).
+const OUTSIDE_NAME: &str = "outside.example.test";
+const OUTSIDE_ADDR: &str = "203.0.113.7";
+
+fn launch(host: &Host, args: &[&str]) {
+    let mut argv = vec![
+        "weave",
+        "launch",
+        "--nickname",
+        host.name(),
+        "--ipalloc-range",
+        "198.19.0.0/16",
+    ];
+    argv.extend_from_slice(args);
+    host.run(&argv).expect_ok();
+}
+
+#[track_caller]
+fn weave(host: &Host, args: &[&str]) -> String {
+    let mut argv = vec!["weave"];
+    argv.extend_from_slice(args);
+    host.run(&argv).expect_ok().stdout
+}
+
+fn report(host: &Host) -> Value {
+    let out = weave(host, &["report"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}): {out}"))
+}
+
+fn wait_established(host: &Host, n: usize) {
+    wait_until(
+        &format!("{} has {n} established connections", host.name()),
+        WAIT,
+        POLL,
+        || {
+            let states: Vec<String> = report(host)["Router"]["Connections"]
+                .as_array()
+                .ok_or("no connections")?
+                .iter()
+                .map(|c| c["State"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            if states.iter().filter(|s| *s == "established").count() >= n {
+                Ok(())
+            } else {
+                Err(format!("{states:?}"))
+            }
+        },
+    )
+    .unwrap();
+}
+
+/// `dig +short` in `c` (TCP with `tcp`), lines sorted.
+fn dig(c: &Container, args: &[&str], tcp: bool) -> Result<Vec<String>, String> {
+    let mut argv = vec!["dig", "+short", "+time=2", "+tries=1"];
+    if tcp {
+        argv.push("+tcp");
+    }
+    argv.extend_from_slice(args);
+    let out = c.run(&argv);
+    if !out.success() {
+        return Err(format!("dig failed: {out}"));
+    }
+    let mut lines: Vec<String> = out.stdout.lines().map(str::to_owned).collect();
+    lines.sort();
+    Ok(lines)
+}
+
+/// Waits until `dig +short NAME` in `c` gives exactly `want` (sorted).
+#[track_caller]
+fn wait_dig(c: &Container, name: &str, want: &[&str]) {
+    let mut want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
+    want.sort();
+    wait_until(
+        &format!("{name} resolves to {want:?} in {}", c.label()),
+        WAIT,
+        POLL,
+        || {
+            let got = dig(c, &[name], false)?;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("got {got:?}"))
+            }
+        },
+    )
+    .unwrap();
+}
+
+/// `getent hosts NAME` in `c`: the addresses.
+fn getent(c: &Container, name: &str) -> Vec<String> {
+    let out = c.run(&["getent", "hosts", name]);
+    out.stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// dnsmasq on `host` answering `OUTSIDE_NAME` from a hosts file, nothing else.
+fn upstream(lab: &Lab, host: &Host) -> Proc {
+    let hosts = lab.dir().join("upstream-hosts");
+    std::fs::write(&hosts, format!("{OUTSIDE_ADDR} {OUTSIDE_NAME}\n")).expect("hosts file");
+    let proc = host.spawn(&[
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--log-facility=-",
+        "--no-resolv",
+        "--no-hosts",
+        "--user=root",
+        "--pid-file=",
+        "--bind-interfaces",
+        &format!("--listen-address={}", host.ip()),
+        &format!("--addn-hosts={}", hosts.display()),
+    ]);
+    proc
+}
+
+/// Points a lab host's resolver (what its daemon forwards to) at `server`: the file
+/// `ip netns exec` mounts over /etc/resolv.conf for it.
+fn set_resolv_conf(host: &Host, server: std::net::Ipv4Addr) {
+    let dir = std::path::Path::new("/etc/netns").join(host.netns());
+    std::fs::create_dir_all(&dir).expect("mkdir /etc/netns/HOST");
+    std::fs::write(
+        dir.join("resolv.conf"),
+        format!("nameserver {server}\noptions timeout:2\n"),
+    )
+    .expect("write resolv.conf");
+}
+
+#[test]
+fn containers_find_each_other_by_name_across_hosts() {
+    let mut lab = Lab::new("dns_names", WEAVE);
+    let (a, b, c) = (lab.host("a"), lab.host("b"), lab.host("c"));
+    let up = lab.host("up");
+    let _dnsmasq = upstream(&lab, &up);
+    for host in [&a, &b, &c] {
+        set_resolv_conf(host, up.ip());
+    }
+    launch(&a, &[]);
+    let seed = a.ip().to_string();
+    launch(&b, &[&seed]);
+    launch(&c, &[&seed]);
+    wait_established(&a, 2);
+
+    let web = lab.container(&a, "web");
+    let db = lab.container(&c, "db");
+    let db2 = lab.container(&b, "db2");
+    weave(
+        &a,
+        &[
+            "attach",
+            "198.18.1.1/16",
+            "--name",
+            "web",
+            "--netns",
+            web.netns(),
+        ],
+    );
+    weave(
+        &c,
+        &[
+            "attach",
+            "198.18.3.1/16",
+            "--name",
+            "db",
+            "--netns",
+            db.netns(),
+        ],
+    );
+
+    // The container's resolver points at the server in its own namespace.
+    let resolv = web.run(&["cat", "/etc/resolv.conf"]).expect_ok().stdout;
+    assert!(resolv.contains("nameserver 127.0.0.12\n"), "{resolv}");
+    assert!(resolv.contains("search weave.local"), "{resolv}");
+
+    // dig over UDP and TCP, the C library, and ping by the short name.
+    wait_dig(&web, "db.weave.local", &["198.18.3.1"]);
+    assert_eq!(
+        dig(&web, &["db.weave.local"], true).unwrap(),
+        ["198.18.3.1"]
+    );
+    assert_eq!(getent(&web, "db"), ["198.18.3.1"]);
+    assert_eq!(getent(&web, "db.weave.local"), ["198.18.3.1"]);
+    wait_until("ping -c1 db from web", WAIT, POLL, || {
+        let out = web.run(&["ping", "-c1", "-W2", "db"]);
+        if out.success() {
+            Ok(())
+        } else {
+            Err(out.to_string())
+        }
+    })
+    .unwrap();
+    // And the other way round, from host c.
+    wait_dig(&db, "web.weave.local", &["198.18.1.1"]);
+
+    // Reverse lookups of overlay addresses.
+    assert_eq!(
+        dig(&web, &["-x", "198.18.3.1"], false).unwrap(),
+        ["db.weave.local."]
+    );
+
+    // Names outside the domain go to the host's upstream (dnsmasq on `up`).
+    assert_eq!(dig(&web, &[OUTSIDE_NAME], false).unwrap(), [OUTSIDE_ADDR]);
+    assert_eq!(getent(&web, OUTSIDE_NAME), [OUTSIDE_ADDR]);
+    // ... and names nobody has are NXDOMAIN, not an error.
+    let out = web
+        .run(&["dig", "+time=2", "+tries=1", "nobody.weave.local"])
+        .expect_ok();
+    assert!(out.stdout.contains("status: NXDOMAIN"), "{out}");
+
+    // Two containers with the same name: both addresses.
+    weave(
+        &b,
+        &[
+            "attach",
+            "198.18.2.1/16",
+            "--name",
+            "db",
+            "--netns",
+            db2.netns(),
+        ],
+    );
+    wait_dig(&web, "db.weave.local", &["198.18.2.1", "198.18.3.1"]);
+    let mut listed: Vec<String> = weave(&a, &["dns-lookup", "db"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["198.18.2.1", "198.18.3.1"]);
+
+    // `weave status` and `status dns` in Weave's layout, the report.
+    let status = weave(&a, &["status"]);
+    assert!(status.contains("        Service: dns\n"), "{status}");
+    assert!(
+        status.contains("         Domain: weave.local.\n"),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("       Upstream: {}\n", up.ip())),
+        "{status}"
+    );
+    assert!(status.contains("        Entries: 3\n"), "{status}");
+    let status_dns = weave(&a, &["status", "dns"]);
+    let rows: Vec<Vec<&str>> = status_dns
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{status_dns}");
+    assert!(
+        rows.iter()
+            .any(|r| r[..3] == ["web", "198.18.1.1", web.netns()]),
+        "{status_dns}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r[..3] == ["db", "198.18.3.1", db.netns()]),
+        "{status_dns}"
+    );
+    let dns_report = &report(&a)["DNS"];
+    assert_eq!(dns_report["Entries"].as_array().map(Vec::len), Some(3));
+    assert_eq!(dns_report["LocalEntries"].as_u64(), Some(1));
+    let metrics = a
+        .run(&["curl", "-sS", "-m", "10", "http://127.0.0.1:6782/metrics"])
+        .expect_ok()
+        .stdout;
+    assert!(metrics.contains("\nweave_dns_entries 1\n"), "{metrics}");
+
+    // dns-add / dns-remove of a name of no container.
+    weave(&a, &["dns-add", "198.18.9.9", "-h", "extra.weave.local"]);
+    wait_dig(&db, "extra.weave.local", &["198.18.9.9"]);
+    weave(&a, &["dns-remove", "198.18.9.9", "-h", "extra"]);
+    wait_dig(&db, "extra.weave.local", &[]);
+    // dns-add for a container: another name at its address.
+    weave(&c, &["dns-add", "--netns", db.netns(), "-h", "database"]);
+    wait_dig(&web, "database.weave.local", &["198.18.3.1"]);
+
+    // Detaching takes its name away everywhere.
+    weave(&b, &["detach", "--netns", db2.netns()]);
+    wait_dig(&web, "db.weave.local", &["198.18.3.1"]);
+
+    // A container that dies (its namespace deleted) goes too, with all its names.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "del", db.netns()])
+        .output()
+        .expect("ip netns del");
+    assert!(out.status.success(), "{out:?}");
+    wait_dig(&web, "db.weave.local", &[]);
+    wait_dig(&web, "database.weave.local", &[]);
+    for host in [&a, &b, &c] {
+        wait_until(&format!("db gone from {}", host.name()), WAIT, POLL, || {
+            let out = host.run(&["weave", "dns-lookup", "db"]);
+            if out.success() {
+                Err(format!("still there: {out}"))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+    }
+    // Its resolv.conf (in /etc/netns) was cleaned up with it.
+    wait_until("db's resolv.conf removed", WAIT, POLL, || {
+        let path = std::path::Path::new("/etc/netns").join(db.netns());
+        if path.exists() {
+            Err(format!("{} still exists", path.display()))
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap();
+
+    // Detaching web puts its resolver back as it was (no file).
+    weave(&a, &["detach", "--netns", web.netns()]);
+    assert!(
+        !std::path::Path::new("/etc/netns")
+            .join(web.netns())
+            .join("resolv.conf")
+            .exists()
+    );
+}
+
+#[test]
+fn without_dns_and_bad_input() {
+    let mut lab = Lab::new("dns_opts", WEAVE);
+    let a = lab.host("a");
+    launch(&a, &["--dns-listen-address", &format!("{}:5353", a.ip())]);
+    let quiet = lab.container(&a, "quiet");
+    let named = lab.container(&a, "named");
+    // --without-dns: no resolver change, no record.
+    weave(
+        &a,
+        &[
+            "attach",
+            "198.18.1.2/16",
+            "--name",
+            "quiet",
+            "--without-dns",
+            "--netns",
+            quiet.netns(),
+        ],
+    );
+    assert!(
+        !std::path::Path::new("/etc/netns")
+            .join(quiet.netns())
+            .exists()
+    );
+    weave(
+        &a,
+        &[
+            "attach",
+            "198.18.1.3/16",
+            "--name",
+            "named",
+            "--netns",
+            named.netns(),
+        ],
+    );
+    // The host listener answers too (dig from the host, at the given port).
+    wait_until("host listener answers", WAIT, POLL, || {
+        let out = a.run(&[
+            "dig",
+            "+short",
+            "+time=2",
+            "+tries=1",
+            "-p",
+            "5353",
+            &format!("@{}", a.ip()),
+            "named.weave.local",
+        ]);
+        if out.stdout.trim() == "198.18.1.3" {
+            Ok(())
+        } else {
+            Err(out.to_string())
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        dig(&named, &["quiet.weave.local"], false).unwrap(),
+        Vec::<String>::new()
+    );
+    // A name outside the domain is refused with a reason; so is a bad address.
+    let out = a.run(&["weave", "dns-add", "198.18.9.9", "-h", "x.example.com"]);
+    assert_eq!(out.status, Some(1), "{out}");
+    assert!(out.stderr.contains("not in the DNS domain"), "{out}");
+    let out = a.run(&[
+        "weave",
+        "attach",
+        "198.18.1.4/16",
+        "--name",
+        "web.example.com",
+        "--netns",
+        quiet.netns(),
+    ]);
+    assert_eq!(out.status, Some(1), "{out}");
+    assert!(out.stderr.contains("not in the DNS domain"), "{out}");
+    let out = a.run(&["weave", "dns-add", "--netns", "nosuch", "-h", "x"]);
+    assert_eq!(out.status, Some(1), "{out}");
+    assert!(out.stderr.contains("not an attached container"), "{out}");
+    // Hostile bytes at the server: it keeps answering.
+    let junk = a.run(&[
+        "bash",
+        "-c",
+        &format!(
+            "head -c 3000 /dev/urandom > /dev/udp/{}/5353; printf '\\0\\0\\0' > /dev/udp/{}/5353",
+            a.ip(),
+            a.ip()
+        ),
+    ]);
+    let _ = junk;
+    assert_eq!(
+        dig(&named, &["named.weave.local"], false).unwrap(),
+        ["198.18.1.3"]
+    );
+    assert!(
+        !lab.hosts()[0].run(&["weave", "status"]).stdout.is_empty(),
+        "daemon alive"
+    );
+}

@@ -117,7 +117,7 @@ fn getent(c: &Container, name: &str) -> Vec<String> {
 fn upstream(lab: &Lab, host: &Host) -> Proc {
     let hosts = lab.dir().join("upstream-hosts");
     std::fs::write(&hosts, format!("{OUTSIDE_ADDR} {OUTSIDE_NAME}\n")).expect("hosts file");
-    let proc = host.spawn(&[
+    host.spawn(&[
         "dnsmasq",
         "--keep-in-foreground",
         "--log-facility=-",
@@ -128,8 +128,7 @@ fn upstream(lab: &Lab, host: &Host) -> Proc {
         "--bind-interfaces",
         &format!("--listen-address={}", host.ip()),
         &format!("--addn-hosts={}", hosts.display()),
-    ]);
-    proc
+    ])
 }
 
 /// Points a lab host's resolver (what its daemon forwards to) at `server`: the file
@@ -413,7 +412,7 @@ fn without_dns_and_bad_input() {
     assert_eq!(out.status, Some(1), "{out}");
     assert!(out.stderr.contains("not an attached container"), "{out}");
     // Hostile bytes at the server: it keeps answering.
-    let junk = a.run(&[
+    a.run(&[
         "bash",
         "-c",
         &format!(
@@ -422,7 +421,6 @@ fn without_dns_and_bad_input() {
             a.ip()
         ),
     ]);
-    let _ = junk;
     assert_eq!(
         dig(&named, &["named.weave.local"], false).unwrap(),
         ["198.18.1.3"]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The demo: builds weave, makes three "hosts" as network namespaces on one underlay
 # bridge, launches a weave router on each (host 2 and 3 know only host 1), and shows
-# them forming a mesh. Needs root. Everything it creates is removed on exit.
+# them forming a mesh, then attaches a container on host1 (web) and one on host3 (db)
+# and shows them reaching each other by name. Needs root. Everything it creates is
+# removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -13,6 +15,10 @@ WORK=$(mktemp -d /tmp/weave-demo.XXXXXX)
 HOSTS=(host1 host2 host3)
 
 cleanup() {
+    for c in web db; do
+        ip netns del "$PREFIX-$c" 2>/dev/null || true
+        rm -rf "/etc/netns/$PREFIX-$c"
+    done
     for h in "${HOSTS[@]}"; do
         ip netns exec "$PREFIX-$h" "$WEAVE" stop >/dev/null 2>&1 || true
         ip netns del "$PREFIX-$h" 2>/dev/null || true
@@ -68,3 +74,27 @@ step "host2 comes back (it remembers its peers)"
 on host2 "$WEAVE" launch --nickname host2 --password demo
 sleep 1
 on host1 "$WEAVE" status | grep -E "Connections|Peers"
+
+step "containers: web on host1, db on host3, attached with --name"
+for c in web db; do
+    ip netns add "$PREFIX-$c"
+    ip -n "$PREFIX-$c" link set lo up
+done
+on host1 "$WEAVE" attach 198.18.0.1/16 --name web --netns "$PREFIX-web"
+on host3 "$WEAVE" attach 198.18.0.3/16 --name db --netns "$PREFIX-db"
+# Give the record a moment to reach host1 (gossip), then look it up.
+for _ in $(seq 1 50); do
+    if on host1 "$WEAVE" dns-lookup db >/dev/null 2>&1; then break; fi
+    sleep 0.1
+done
+step "host1: weave status dns"
+on host1 "$WEAVE" status dns
+step "web (host1): its resolv.conf points at weave's DNS in its own namespace"
+ip netns exec "$PREFIX-web" grep -v '^#' /etc/resolv.conf
+step "web (host1): getent hosts db; ping -c1 db   (db is on host3)"
+ip netns exec "$PREFIX-web" getent hosts db
+for _ in $(seq 1 30); do
+    if ip netns exec "$PREFIX-web" ping -c1 -W1 db >/dev/null 2>&1; then break; fi
+    sleep 0.2
+done
+ip netns exec "$PREFIX-web" ping -c1 db

@@ -430,3 +430,66 @@ fn without_dns_and_bad_input() {
         "daemon alive"
     );
 }
+
+#[test]
+fn names_come_back_after_a_restart_and_reset_restores_resolv_conf() {
+    let mut lab = Lab::new("dns_restart", WEAVE);
+    let a = lab.host("a");
+    launch(&a, &[]);
+    let (one, two) = (lab.container(&a, "one"), lab.container(&a, "two"));
+    // `two` had a resolv.conf of its own: it is kept and put back.
+    let own = std::path::Path::new("/etc/netns").join(two.netns());
+    std::fs::create_dir_all(&own).expect("mkdir");
+    let original = "search example.invalid\nnameserver 192.0.2.53\n";
+    std::fs::write(own.join("resolv.conf"), original).expect("write");
+    weave(
+        &a,
+        &[
+            "attach",
+            "198.18.1.1/16",
+            "--name",
+            "one",
+            "--netns",
+            one.netns(),
+        ],
+    );
+    weave(
+        &a,
+        &[
+            "attach",
+            "198.18.1.2/16",
+            "--name",
+            "two",
+            "--netns",
+            two.netns(),
+        ],
+    );
+    wait_dig(&one, "two.weave.local", &["198.18.1.2"]);
+    let resolv = two.run(&["cat", "/etc/resolv.conf"]).expect_ok().stdout;
+    assert!(
+        resolv.contains("search weave.local example.invalid\n"),
+        "{resolv}"
+    );
+
+    // Stopped, nobody answers; launched again, the names and the servers come back.
+    weave(&a, &["stop"]);
+    assert!(dig(&one, &["two.weave.local"], false).is_err());
+    launch(&a, &[]);
+    wait_dig(&one, "two.weave.local", &["198.18.1.2"]);
+    // A single label is completed with the domain by the server itself.
+    wait_dig(&two, "one", &["198.18.1.1"]);
+    assert_eq!(getent(&two, "one"), ["198.18.1.1"]);
+
+    // Reset puts every resolv.conf back.
+    weave(&a, &["reset"]);
+    assert_eq!(
+        std::fs::read_to_string(own.join("resolv.conf")).expect("read"),
+        original
+    );
+    assert!(
+        !std::path::Path::new("/etc/netns")
+            .join(one.netns())
+            .join("resolv.conf")
+            .exists()
+    );
+}

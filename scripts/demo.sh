@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 
 cargo build --release --quiet
-WEAVE="$PWD/target/release/weave"
+WEAVE="$(realpath "${CARGO_TARGET_DIR:-target}")/release/weave"
 PREFIX="wdemo$$"
 WORK=$(mktemp -d /tmp/weave-demo.XXXXXX)
 HOSTS=(host1 host2 host3)

@@ -338,6 +338,8 @@ fn containers_find_each_other_by_name_across_hosts() {
 fn without_dns_and_bad_input() {
     let mut lab = Lab::new("dns_opts", WEAVE);
     let a = lab.host("a");
+    // An upstream that never answers (nothing has that address).
+    set_resolv_conf(&a, std::net::Ipv4Addr::new(192, 0, 2, 250));
     launch(&a, &["--dns-listen-address", &format!("{}:5353", a.ip())]);
     let quiet = lab.container(&a, "quiet");
     let named = lab.container(&a, "named");
@@ -393,6 +395,11 @@ fn without_dns_and_bad_input() {
         dig(&named, &["quiet.weave.local"], false).unwrap(),
         Vec::<String>::new()
     );
+    // Every upstream failing gives SERVFAIL (after the 5 s upstream timeout).
+    let out = named
+        .run(&["dig", "+time=10", "+tries=1", OUTSIDE_NAME])
+        .expect_ok();
+    assert!(out.stdout.contains("status: SERVFAIL"), "{out}");
     // A name outside the domain is refused with a reason; so is a bad address.
     let out = a.run(&["weave", "dns-add", "198.18.9.9", "-h", "x.example.com"]);
     assert_eq!(out.status, Some(1), "{out}");
@@ -465,6 +472,7 @@ fn names_come_back_after_a_restart_and_reset_restores_resolv_conf() {
         ],
     );
     wait_dig(&one, "two.weave.local", &["198.18.1.2"]);
+    weave(&a, &["dns-add", "198.18.9.9", "-h", "extra"]);
     let resolv = two.run(&["cat", "/etc/resolv.conf"]).expect_ok().stdout;
     assert!(
         resolv.contains("search weave.local example.invalid\n"),
@@ -476,6 +484,8 @@ fn names_come_back_after_a_restart_and_reset_restores_resolv_conf() {
     assert!(dig(&one, &["two.weave.local"], false).is_err());
     launch(&a, &[]);
     wait_dig(&one, "two.weave.local", &["198.18.1.2"]);
+    // A name of no container was saved and is back too.
+    wait_dig(&one, "extra.weave.local", &["198.18.9.9"]);
     // A single label is completed with the domain by the server itself.
     wait_dig(&two, "one", &["198.18.1.1"]);
     assert_eq!(getent(&two, "one"), ["198.18.1.1"]);

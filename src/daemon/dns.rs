@@ -42,9 +42,10 @@
 //!
 //! The container's sockets close when it is detached, when the liveness sweep finds it
 //! gone, and with the daemon; records of a container go the same way (owner = its `weave
-//! ps` ID). Records are not persisted, as in Weave: after a restart the container task
-//! re-registers the names of the containers still there; `weave dns-add` records of no
-//! container (`weave:extern`) must be added again.
+//! ps` ID). Our own live records are persisted (the daemon's database) before a change
+//! is acknowledged, and re-added at start before the mesh connects; the container task
+//! then removes those of containers that died while the daemon was down, serves DNS
+//! again in the others and re-registers their names (which changes nothing).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -65,6 +66,7 @@ use weave_dns::{
 };
 use weave_mesh::{Mesh, PeerName};
 
+use super::state::State;
 use crate::control::DaemonHandle;
 use crate::control::dns::{DnsEntry, DnsRequest};
 use crate::report::dns::{DnsEntryReport, DnsQueryStats, DnsReport};
@@ -90,6 +92,8 @@ const RESOLV_MARKER: &str =
     "# Written by weave attach: names are answered by weave's DNS in this namespace (127.0.0.12).";
 const ORIGINAL_PREFIX: &str = "# weave-original: ";
 const ORIGINAL_ABSENT: &str = "# weave-original-absent";
+/// Persisted: our live records as (name, address, owner).
+const KEY_RECORDS: &str = "dns.records.v1";
 
 /// The DNS flags of `weave launch` / `weave router`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -779,6 +783,7 @@ impl ContainerDns {
 /// listeners on the host.
 pub(crate) struct DnsService {
     settings: DnsSettings,
+    state: Arc<State>,
     running: Option<Running>,
 }
 
@@ -804,18 +809,32 @@ impl DnsService {
     pub(crate) async fn start(
         settings: &DnsSettings,
         local: PeerName,
+        state: Arc<State>,
         mesh: &mut Mesh,
     ) -> Result<Self> {
         if !settings.enabled {
             tracing::info!("DNS is off (--no-dns)");
             return Ok(Self {
                 settings: settings.clone(),
+                state,
                 running: None,
             });
         }
         let domain = WireName::from_dotted(&settings.domain)
             .map_err(|e| anyhow::anyhow!("--dns-domain: {e}"))?;
-        let store = NameStore::new(local, Instant::now());
+        let mut store = NameStore::new(local, Instant::now());
+        let saved = state
+            .get::<Vec<(String, Ipv4Addr, String)>>(KEY_RECORDS)
+            .context("cannot read the saved DNS records")?
+            .unwrap_or_default();
+        for (name, addr, owner) in &saved {
+            if let Err(err) = store.add(name, *addr, owner, Instant::now()) {
+                tracing::warn!(%err, "DNS: dropping a saved record");
+            }
+        }
+        if !saved.is_empty() {
+            tracing::info!("DNS: {} saved records of ours back", saved.len());
+        }
         let (publish, snapshot) = watch::channel(Arc::new(store.clone()));
         mesh.register_channel(CHANNEL, Box::new(store));
         let config = ServerConfig {
@@ -854,6 +873,7 @@ impl DnsService {
         tracing::info!(domain = %settings.domain, ttl = settings.ttl, "DNS: serving containers at {WEAVE_DNS_ADDR}:{DNS_PORT} in their namespaces");
         Ok(Self {
             settings: settings.clone(),
+            state,
             running: Some(Running {
                 _stop: stop,
                 publish,
@@ -917,10 +937,11 @@ impl DnsService {
                         Ok(added)
                     })
                 });
+                let result = result.and_then(|n| self.persist(mesh, n));
                 if let Ok(n) = &result
                     && *n > 0
                 {
-                    tracing::info!("DNS: added {full_name} for {owner}", full_name = name);
+                    tracing::info!("DNS: added {name} for {owner}");
                 }
                 let _ = reply.send(result);
             }
@@ -938,6 +959,7 @@ impl DnsService {
                             .map_err(|e| e.to_string())
                     })
                 });
+                let result = result.and_then(|n| self.persist(mesh, n));
                 let _ = reply.send(result);
             }
             DnsRequest::Lookup { name, reply } => {
@@ -969,6 +991,29 @@ impl DnsService {
                 let _ = reply.send(result);
             }
         }
+    }
+
+    /// Saves our live records if `changed` says they changed (before the change is
+    /// acknowledged); passes `changed` on.
+    fn persist(&self, mesh: &Mesh, changed: usize) -> Result<usize, String> {
+        if changed == 0 {
+            return Ok(0);
+        }
+        let Some(store) = mesh.channel::<NameStore>(CHANNEL) else {
+            return Ok(changed);
+        };
+        let local = store.local();
+        let ours: Vec<(String, Ipv4Addr, String)> = store
+            .entries()
+            .into_iter()
+            .filter(|e| e.origin == local)
+            .map(|e| (e.name, e.addr, e.owner))
+            .collect();
+        self.state.put(KEY_RECORDS, &ours).map_err(|err| {
+            tracing::error!(%err, "DNS: cannot save our records");
+            format!("cannot save the DNS records: {err}")
+        })?;
+        Ok(changed)
     }
 
     /// The `DNS` section of the report; `None` when DNS is off.

@@ -117,7 +117,7 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
     state.put(KEY_TARGETS, &targets)?;
     // Consensus' quorum counts the peers we were launched with, and ourselves.
     let ipam = IpamService::start(&config.ipam, targets.len(), name, state.clone(), &mut mesh)?;
-    let dns = DnsService::start(&config.dns, name, &mut mesh).await?;
+    let dns = DnsService::start(&config.dns, name, state.clone(), &mut mesh).await?;
 
     let (engine_tx, engine_events) = mpsc::unbounded_channel();
     let dataplane = Dataplane::start(

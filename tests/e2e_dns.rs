@@ -503,3 +503,72 @@ fn names_come_back_after_a_restart_and_reset_restores_resolv_conf() {
             .exists()
     );
 }
+
+/// A real Docker container, when Docker works here: attached by ID with `--name`, its
+/// resolv.conf (Docker's `ResolvConfPath`, bind-mounted into it) points at the server in
+/// its namespace, which answers; once it is removed, its name goes.
+#[test]
+fn docker_containers_get_dns_too() {
+    let Some(docker) = lab::docker::DockerContainer::start() else {
+        return;
+    };
+    let mut lab = Lab::new("dns_docker", WEAVE);
+    let a = lab.host("a");
+    launch(&a, &[]);
+    let peer = lab.container(&a, "peer");
+    weave(
+        &a,
+        &[
+            "attach",
+            "198.18.1.1/16",
+            "--name",
+            "peer",
+            "--netns",
+            peer.netns(),
+        ],
+    );
+    weave(
+        &a,
+        &[
+            "attach",
+            "198.18.1.7/16",
+            "--name",
+            "dockerweb",
+            &docker.id[..12],
+        ],
+    );
+    // What the container sees as /etc/resolv.conf.
+    let inside = std::fs::read_to_string(format!("/proc/{}/root/etc/resolv.conf", docker.pid))
+        .expect("the container's resolv.conf");
+    assert!(inside.contains("\nnameserver 127.0.0.12\n"), "{inside}");
+    assert!(inside.contains("\nsearch weave.local"), "{inside}");
+    // Its own namespace has the server; it answers names of both kinds of containers.
+    let net = format!("--net=/proc/{}/ns/net", docker.pid);
+    wait_until("dig inside the Docker container", WAIT, POLL, || {
+        let out = std::process::Command::new("nsenter")
+            .args([
+                net.as_str(),
+                "dig",
+                "+short",
+                "+time=2",
+                "+tries=1",
+                "@127.0.0.12",
+                "peer.weave.local",
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.trim() == "198.18.1.1" {
+            Ok(())
+        } else {
+            Err(format!("{text} {out:?}"))
+        }
+    })
+    .unwrap();
+    wait_dig(&peer, "dockerweb.weave.local", &["198.18.1.7"]);
+    let listed = weave(&a, &["status", "dns"]);
+    assert!(listed.contains(&docker.id[..12]), "{listed}");
+    // The container stops: its name goes within a few seconds.
+    docker.remove();
+    wait_dig(&peer, "dockerweb.weave.local", &[]);
+}

@@ -27,6 +27,7 @@
 //! This is test-only code: it runs `ip`, `iptables` and `ping` freely.
 #![allow(dead_code, unused_imports)]
 
+pub(crate) mod docker;
 mod exec;
 mod wait;
 

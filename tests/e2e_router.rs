@@ -634,3 +634,59 @@ fn a_mac_claimed_by_two_hosts_is_resolved_and_logged() {
         .unwrap();
     }
 }
+
+/// The states of `host`'s connections in the report.
+fn connection_states(host: &Host) -> Vec<String> {
+    report(host)["Router"]["Connections"]
+        .as_array()
+        .map(|conns| {
+            conns
+                .iter()
+                .map(|c| c["State"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_connection_is_established_only_once_udp_works_both_ways() {
+    let mut lab = Lab::new("router_udp_blocked", WEAVE);
+    let (a, b) = (lab.host("a"), lab.host("b"));
+    // b hears no sleeve datagrams; TCP (the mesh) still works.
+    let rule = ["INPUT", "-p", "udp", "--dport", "6783", "-j", "DROP"];
+    let mut block = vec!["iptables", "-w", "-I"];
+    block.extend(rule);
+    b.run(&block).expect_ok();
+    launch(&a, &[]);
+    launch(&b, &[&a.ip().to_string()]);
+    wait_until("the mesh connection to come up", WAIT, POLL, || {
+        let states = connection_states(&a);
+        if states.is_empty() {
+            Err("no connection yet")
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap();
+    // Several heartbeat rounds pass; neither side may call it established.
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(300));
+        for h in [&a, &b] {
+            let states = connection_states(h);
+            assert!(
+                !states.iter().any(|s| s == "established"),
+                "{}: {states:?}",
+                h.name()
+            );
+        }
+    }
+    let mut unblock = vec!["iptables", "-w", "-D"];
+    unblock.extend(rule);
+    b.run(&unblock).expect_ok();
+    wait_established(&a, 1);
+    wait_established(&b, 1);
+    let (ca, cb) = (lab.container(&a, "ca"), lab.container(&b, "cb"));
+    attach(&a, &ca, "198.18.0.1/16");
+    attach(&b, &cb, "198.18.0.2/16");
+    ca.wait_ping(ip(2), WAIT).unwrap();
+}

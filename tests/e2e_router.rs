@@ -208,10 +208,38 @@ fn containers_on_two_hosts_ping_without_password() {
     assert!(capture.contains(PATTERN), "{capture}");
     let mbits = iperf(&ca, &cb, ip(2));
     assert!(mbits > 0.0);
-    let metrics = b.run(&["sh", "-c", "wget -q -O - http://127.0.0.1:6782/metrics 2>/dev/null || curl -s http://127.0.0.1:6782/metrics"]).stdout;
-    if !metrics.is_empty() {
-        assert!(metrics.contains("weave_frames_total"), "{metrics}");
-    }
+    // Per-peer counters, in the report and as Prometheus metrics.
+    let a_name = r["Router"]["Name"].as_str().expect("name").to_owned();
+    let b_peers = report(&b)["Router"]["DataPlane"]["Peers"].clone();
+    let from_a = b_peers
+        .as_array()
+        .and_then(|peers| peers.iter().find(|p| p["Name"] == a_name.as_str()))
+        .unwrap_or_else(|| panic!("{a_name} in {b_peers}"));
+    assert!(from_a["InjectedFrames"].as_u64() > Some(0), "{from_a}");
+    assert!(from_a["ForwardedFrames"].as_u64() > Some(0), "{from_a}");
+    assert!(from_a["DroppedReasons"].is_object(), "{from_a}");
+    let metrics = b
+        .run(&[
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/6782; \
+             printf 'GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n' >&3; cat <&3",
+        ])
+        .expect_ok()
+        .stdout;
+    let sample = |direction: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("weave_frames_total{")
+                    && l.contains(&format!("peer=\"{a_name}\""))
+                    && l.contains(&format!("direction=\"{direction}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {direction} sample for {a_name} in {metrics}"))
+    };
+    assert!(sample("injected") > 0);
+    assert!(sample("forwarded") > 0);
 }
 
 #[test]

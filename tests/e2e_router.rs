@@ -718,3 +718,53 @@ fn a_connection_is_established_only_once_udp_works_both_ways() {
     attach(&b, &cb, "198.18.0.2/16");
     ca.wait_ping(ip(2), WAIT).unwrap();
 }
+
+#[test]
+fn a_host_behind_nat_joins_and_carries_traffic() {
+    let mut lab = Lab::new("router_nat", WEAVE);
+    let (a, r, b) = (
+        lab.isolated_host("a"),
+        lab.isolated_host("r"),
+        lab.isolated_host("b"),
+    );
+    let ra = lab.link(&r, &a);
+    let rb = lab.link(&r, &b);
+    // r masquerades b's traffic towards a; a has no route to b's link, so it only
+    // ever sees r's address, with whatever port r's NAT picks.
+    r.set_forwarding(true);
+    let r_to_a = ra.ends().0.ifname.clone();
+    r.run(&[
+        "iptables",
+        "-w",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-o",
+        &r_to_a,
+        "-j",
+        "MASQUERADE",
+    ])
+    .expect_ok();
+    let a_ip = ra.ip_of(&a);
+    b.add_route(&format!("{a_ip}/32"), rb.ip_of(&r));
+    launch(&a, &[]);
+    launch(&b, &[&a_ip.to_string()]);
+    wait_established(&a, 1);
+    wait_established(&b, 1);
+    let conns = a
+        .run(&["weave", "status", "connections"])
+        .expect_ok()
+        .stdout;
+    assert!(
+        conns.contains(&format!("<- {}:", ra.ip_of(&r))),
+        "a sees b at r's address: {conns}"
+    );
+    let (ca, cb) = (lab.container(&a, "ca"), lab.container(&b, "cb"));
+    attach(&a, &ca, "198.18.0.1/16");
+    attach(&b, &cb, "198.18.0.2/16");
+    ca.wait_ping(ip(2), WAIT).unwrap();
+    assert!(cb.ping(ip(1)));
+    let mbits = iperf(&ca, &cb, ip(2));
+    assert!(mbits > 0.0);
+}

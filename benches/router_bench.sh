@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Data-plane benchmark: two hosts in network namespaces joined by one veth, each with a
 # container namespace on its `weave` bridge. In one run, single-stream TCP throughput
-# (iperf3 -t 10) and ping latency (100 pings, 10 ms apart) for:
+# (iperf3 -t 10) and ping latency (100 pings, 10 ms apart; average and median) for:
 #   1. the plain veth between the hosts (the baseline),
 #   2. our overlay without a password,
 #   3. our overlay with a password (ChaCha20-Poly1305),
@@ -9,13 +9,16 @@
 #
 #   benches/router_bench.sh            # builds release first
 #   DURATION=5 benches/router_bench.sh # shorter runs
+#   WEAVE=path/to/weave benches/router_bench.sh  # a prebuilt binary (no build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build --release --quiet --bin weave
-WEAVE=$(realpath "$TARGET_DIR/release/weave")
+if [ -z "${WEAVE:-}" ]; then
+    cargo build --release --quiet --bin weave
+    WEAVE=$(realpath "$TARGET_DIR/release/weave")
+fi
 
 P="wb$$"
 H1="$P-h1"; H2="$P-h2"; C1="$P-c1"; C2="$P-c2"
@@ -55,9 +58,13 @@ measure() {
     local mbits
     mbits=$(nsx "$from" iperf3 -c "$to" -p 5201 -t "$DURATION" -f m 2>/dev/null \
         | awk '/receiver/ { print $7 }')
-    local avg
-    avg=$(nsx "$from" ping -q -c 100 -i 0.01 "$to" | awk -F/ '/rtt/ { print $5 }')
-    echo "${mbits:-0} ${avg:-nan}"
+    # Average (the figure compared with the baseline) and median (steadier when the
+    # machine is busy) of the round trips.
+    local rtts
+    rtts=$(nsx "$from" ping -n -c 100 -i 0.01 "$to" | sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' \
+        | sort -g | awk '{ v[NR] = $1; s += $1 }
+            END { if (NR) printf "%.3f %.3f", s / NR, v[int((NR + 1) / 2)]; else print "nan nan" }')
+    echo "${mbits:-0} ${rtts}"
 }
 
 launch() {
@@ -102,19 +109,19 @@ overlay() {
 
 echo "measuring: veth baseline" >&2
 result=$(measure "$H1" 192.0.2.2 "$H2")
-read -r base_mbit base_ping <<< "$result"
+read -r base_mbit base_ping base_p50 <<< "$result"
 echo "measuring: overlay, no password" >&2
 result=$(overlay)
-read -r clear_mbit clear_ping <<< "$result"
+read -r clear_mbit clear_ping clear_p50 <<< "$result"
 echo "measuring: overlay, password" >&2
 result=$(overlay --password bench-secret)
-read -r sealed_mbit sealed_ping <<< "$result"
+read -r sealed_mbit sealed_ping sealed_p50 <<< "$result"
 
-awk -v b="$base_mbit" -v bp="$base_ping" \
-    -v c="$clear_mbit" -v cp="$clear_ping" \
-    -v s="$sealed_mbit" -v sp="$sealed_ping" 'BEGIN {
-    printf "%-22s %10s %8s %12s %12s\n", "path", "Gbit/s", "ratio", "ping avg ms", "ping +ms"
-    printf "%-22s %10.2f %8.3f %12.3f %12.3f\n", "veth (baseline)", b/1000, 1, bp, 0
-    printf "%-22s %10.2f %8.3f %12.3f %12.3f\n", "overlay unencrypted", c/1000, (b>0?c/b:0), cp, cp-bp
-    printf "%-22s %10.2f %8.3f %12.3f %12.3f\n", "overlay encrypted", s/1000, (b>0?s/b:0), sp, sp-bp
+awk -v b="$base_mbit" -v bp="$base_ping" -v bm="$base_p50" \
+    -v c="$clear_mbit" -v cp="$clear_ping" -v cm="$clear_p50" \
+    -v s="$sealed_mbit" -v sp="$sealed_ping" -v sm="$sealed_p50" 'BEGIN {
+    printf "%-22s %8s %7s %12s %9s %12s %9s\n", "path", "Gbit/s", "ratio", "ping avg ms", "avg +ms", "ping p50 ms", "p50 +ms"
+    printf "%-22s %8.2f %7.3f %12.3f %9.3f %12.3f %9.3f\n", "veth (baseline)", b/1000, 1, bp, 0, bm, 0
+    printf "%-22s %8.2f %7.3f %12.3f %9.3f %12.3f %9.3f\n", "overlay unencrypted", c/1000, (b>0?c/b:0), cp, cp-bp, cm, cm-bm
+    printf "%-22s %8.2f %7.3f %12.3f %9.3f %12.3f %9.3f\n", "overlay encrypted", s/1000, (b>0?s/b:0), sp, sp-bp, sm, sm-bm
 }'

@@ -96,7 +96,10 @@ pub(crate) struct PeerTraffic {
     pub(crate) received_bytes: u64,
     pub(crate) injected_frames: u64,
     pub(crate) injected_bytes: u64,
+    /// Frames from this peer we dropped (wholly or a copy), in all and by reason
+    /// (reasons with none left out).
     pub(crate) dropped_frames: u64,
+    pub(crate) dropped_reasons: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

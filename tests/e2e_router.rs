@@ -184,6 +184,14 @@ fn containers_on_two_hosts_ping_without_password() {
         neigh.contains("lladdr"),
         "ARP resolved across hosts: {neigh}"
     );
+    // IP broadcast: an echo to the subnet's broadcast address is answered across hosts.
+    cb.run(&["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_broadcasts=0"])
+        .expect_ok();
+    let out = ca
+        .cmd(&["ping", "-n", "-b", "-c", "2", "-W", "2", "198.18.255.255"])
+        .timeout(Duration::from_secs(10))
+        .run();
+    assert!(out.stdout.contains("from 198.18.0.2"), "{out}");
     let conns = a
         .run(&["weave", "status", "connections"])
         .expect_ok()
@@ -200,10 +208,38 @@ fn containers_on_two_hosts_ping_without_password() {
     assert!(capture.contains(PATTERN), "{capture}");
     let mbits = iperf(&ca, &cb, ip(2));
     assert!(mbits > 0.0);
-    let metrics = b.run(&["sh", "-c", "wget -q -O - http://127.0.0.1:6782/metrics 2>/dev/null || curl -s http://127.0.0.1:6782/metrics"]).stdout;
-    if !metrics.is_empty() {
-        assert!(metrics.contains("weave_frames_total"), "{metrics}");
-    }
+    // Per-peer counters, in the report and as Prometheus metrics.
+    let a_name = r["Router"]["Name"].as_str().expect("name").to_owned();
+    let b_peers = report(&b)["Router"]["DataPlane"]["Peers"].clone();
+    let from_a = b_peers
+        .as_array()
+        .and_then(|peers| peers.iter().find(|p| p["Name"] == a_name.as_str()))
+        .unwrap_or_else(|| panic!("{a_name} in {b_peers}"));
+    assert!(from_a["InjectedFrames"].as_u64() > Some(0), "{from_a}");
+    assert!(from_a["ForwardedFrames"].as_u64() > Some(0), "{from_a}");
+    assert!(from_a["DroppedReasons"].is_object(), "{from_a}");
+    let metrics = b
+        .run(&[
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/6782; \
+             printf 'GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n' >&3; cat <&3",
+        ])
+        .expect_ok()
+        .stdout;
+    let sample = |direction: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("weave_frames_total{")
+                    && l.contains(&format!("peer=\"{a_name}\""))
+                    && l.contains(&format!("direction=\"{direction}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {direction} sample for {a_name} in {metrics}"))
+    };
+    assert!(sample("injected") > 0);
+    assert!(sample("forwarded") > 0);
 }
 
 #[test]
@@ -431,4 +467,304 @@ fn default_mtu_carries_full_size_packets_and_refuses_bigger_ones_locally() {
     );
     // Without DF the container's own stack fragments.
     assert!(ca.ping_sized(ip(2), 8000, false));
+}
+
+/// `weave attach CIDR --netns C` on `host`.
+fn attach(host: &Host, c: &Container, cidr: &str) {
+    host.run(&["weave", "attach", cidr, "--netns", c.netns()])
+        .expect_ok();
+}
+
+/// The MTU of `ethwe` inside `c`.
+fn ethwe_mtu(c: &Container) -> u64 {
+    let out = c
+        .run(&["cat", "/sys/class/net/ethwe/mtu"])
+        .expect_ok()
+        .stdout;
+    out.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("MTU {out:?}: {e}"))
+}
+
+#[test]
+fn attached_containers_get_the_overlay_mtu_from_the_underlay_or_the_flag() {
+    let mut lab = Lab::new("router_attach_mtu", WEAVE);
+    let (a, b, x, y) = (lab.host("a"), lab.host("b"), lab.host("x"), lab.host("y"));
+    // a and b: a 9000-byte underlay (found through the default route, as on most hosts).
+    for h in [&a, &b] {
+        h.uplink().expect("on the underlay").set_mtu(9000);
+        h.run(&["ip", "route", "add", "default", "dev", "eth0"])
+            .expect_ok();
+    }
+    launch(&a, &[]);
+    launch(&b, &[&a.ip().to_string()]);
+    // x: --mtu; y: WEAVE_MTU.
+    launch(&x, &["--mtu", "1300"]);
+    y.cmd(&["weave", "launch", "--nickname", "y"])
+        .env("WEAVE_MTU", "1280")
+        .run()
+        .expect_ok();
+    let (ca, cb, cx, cy) = (
+        lab.container(&a, "ca"),
+        lab.container(&b, "cb"),
+        lab.container(&x, "cx"),
+        lab.container(&y, "cy"),
+    );
+    attach(&a, &ca, "198.18.0.1/16");
+    attach(&b, &cb, "198.18.0.2/16");
+    attach(&x, &cx, "198.18.0.3/16");
+    attach(&y, &cy, "198.18.0.4/16");
+    // 9000 less IP, UDP and the sleeve's headers.
+    assert_eq!(report(&a)["Router"]["OverlayMtu"], 8936);
+    assert_eq!(ethwe_mtu(&ca), 8936);
+    assert_eq!(ethwe_mtu(&cb), 8936);
+    assert_eq!(ethwe_mtu(&cx), 1300);
+    assert_eq!(ethwe_mtu(&cy), 1280);
+    // The path MTU discovered on the connection fits a full-size frame, and one crosses
+    // with Don't Fragment.
+    wait_established(&a, 1);
+    wait_until("the path MTU to reach 8936", WAIT, POLL, || {
+        let conns = a
+            .run(&["weave", "status", "connections"])
+            .expect_ok()
+            .stdout;
+        if conns.contains("mtu=8936") {
+            Ok(())
+        } else {
+            Err(conns)
+        }
+    })
+    .unwrap();
+    ca.wait_ping(ip(2), WAIT).unwrap();
+    assert!(ca.ping_sized(ip(2), 8936 - 28, true));
+    assert!(cb.ping_sized(ip(1), 8936 - 28, true));
+}
+
+/// Sets the FORWARD policy of `host` to DROP, as Docker does; bridged frames pass
+/// through it too (br_netfilter's bridge-nf-call-iptables, on in new namespaces).
+fn default_drop_forward(host: &Host) {
+    host.run(&["iptables", "-w", "-P", "FORWARD", "DROP"])
+        .expect_ok();
+    let _ = host.run(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+}
+
+/// The interfaces in `host`'s namespace, by name.
+fn links(host: &Host) -> Vec<String> {
+    host.run(&["ip", "-o", "link", "show"])
+        .expect_ok()
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let name = l.split(": ").nth(1)?;
+            Some(name.split('@').next()?.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn forwarding_passes_a_drop_policy_stop_keeps_containers_reset_removes_everything() {
+    let mut lab = Lab::new("router_firewall", WEAVE);
+    let (a, b) = (lab.host("a"), lab.host("b"));
+    default_drop_forward(&a);
+    default_drop_forward(&b);
+    let (before, before_b) = (links(&a), links(&b));
+    launch(&a, &[]);
+    launch(&b, &[&a.ip().to_string()]);
+    let (a1, a2, b1) = (
+        lab.container(&a, "a1"),
+        lab.container(&a, "a2"),
+        lab.container(&b, "b1"),
+    );
+    attach(&a, &a1, "198.18.0.1/16");
+    attach(&a, &a2, "198.18.0.2/16");
+    attach(&b, &b1, "198.18.0.3/16");
+    // Between two ports of one bridge, and across hosts through the router's port.
+    a1.wait_ping(ip(2), WAIT).unwrap();
+    a1.wait_ping(ip(3), WAIT).unwrap();
+    assert!(b1.ping(ip(2)));
+    // The control: without our rules the policy drops them.
+    a.run(&["iptables", "-w", "-F", "WEAVE-FORWARD"])
+        .expect_ok();
+    assert!(!a1.ping(ip(2)), "the DROP policy bites without the rules");
+    assert!(!a1.ping(ip(3)), "the DROP policy bites without the rules");
+
+    // `weave stop` leaves the containers plumbed; launch puts the rules back.
+    a.run(&["weave", "stop"]).expect_ok();
+    assert_eq!(a1.addresses("ethwe"), ["198.18.0.1/16"]);
+    assert_eq!(a2.addresses("ethwe"), ["198.18.0.2/16"]);
+    launch(&a, &[&b.ip().to_string()]);
+    a1.wait_ping(ip(2), WAIT).unwrap();
+    a1.wait_ping(ip(3), WAIT).unwrap();
+
+    // `weave reset` takes away everything launch and attach made.
+    a.run(&["weave", "reset"]).expect_ok();
+    assert_eq!(links(&a), before, "interfaces left behind");
+    assert!(a1.addresses("ethwe").is_empty());
+    assert!(!a.run(&["iptables", "-w", "-S", "WEAVE-FORWARD"]).success());
+    let forward = a
+        .run(&["iptables", "-w", "-S", "FORWARD"])
+        .expect_ok()
+        .stdout;
+    assert_eq!(
+        forward.trim(),
+        "-P FORWARD DROP",
+        "the policy is the host's own"
+    );
+
+    // Also after `weave stop`, when no daemon is left to clean up.
+    attach(&b, &lab.container(&b, "b2"), "198.18.0.4/16");
+    b.run(&["weave", "stop"]).expect_ok();
+    assert!(links(&b).len() > before_b.len());
+    b.run(&["weave", "reset"]).expect_ok();
+    assert_eq!(links(&b), before_b, "interfaces left behind");
+    assert!(b1.addresses("ethwe").is_empty());
+    assert!(!b.run(&["iptables", "-w", "-S", "WEAVE-FORWARD"]).success());
+}
+
+#[test]
+fn a_mac_claimed_by_two_hosts_is_resolved_and_logged() {
+    let mut lab = Lab::new("router_mac_conflict", WEAVE);
+    let (a, b, ca, cb) = two_hosts(&mut lab, &[]);
+    let cb2 = lab.container(&b, "cb2");
+    plumb(&b, &cb2, ip(3));
+    ca.wait_ping(ip(3), WAIT).unwrap();
+    // cb takes ca's MAC and speaks: both hosts now saw it on both sides.
+    let mac = ca
+        .run(&["cat", "/sys/class/net/ethwe/address"])
+        .expect_ok()
+        .stdout
+        .trim()
+        .to_owned();
+    cb.run(&["ip", "link", "set", "ethwe", "address", &mac])
+        .expect_ok();
+    cb.run(&["ip", "neigh", "flush", "dev", "ethwe"])
+        .expect_ok();
+    let _ = cb.ping(ip(1));
+    let log =
+        |h: &Host| std::fs::read_to_string(h.state_dir().join("weave.log")).unwrap_or_default();
+    for h in [&a, &b] {
+        wait_until(
+            &format!("{} to log the conflict", h.name()),
+            WAIT,
+            POLL,
+            || {
+                let text = log(h);
+                if text
+                    .lines()
+                    .any(|l| l.contains(&mac) && l.contains("claimed by"))
+                {
+                    Ok(())
+                } else {
+                    Err("not logged".to_owned())
+                }
+            },
+        )
+        .unwrap();
+    }
+}
+
+/// The states of `host`'s connections in the report.
+fn connection_states(host: &Host) -> Vec<String> {
+    report(host)["Router"]["Connections"]
+        .as_array()
+        .map(|conns| {
+            conns
+                .iter()
+                .map(|c| c["State"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_connection_is_established_only_once_udp_works_both_ways() {
+    let mut lab = Lab::new("router_udp_blocked", WEAVE);
+    let (a, b) = (lab.host("a"), lab.host("b"));
+    // b hears no sleeve datagrams; TCP (the mesh) still works.
+    let rule = ["INPUT", "-p", "udp", "--dport", "6783", "-j", "DROP"];
+    let mut block = vec!["iptables", "-w", "-I"];
+    block.extend(rule);
+    b.run(&block).expect_ok();
+    launch(&a, &[]);
+    launch(&b, &[&a.ip().to_string()]);
+    wait_until("the mesh connection to come up", WAIT, POLL, || {
+        let states = connection_states(&a);
+        if states.is_empty() {
+            Err("no connection yet")
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap();
+    // Several heartbeat rounds pass; neither side may call it established.
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(300));
+        for h in [&a, &b] {
+            let states = connection_states(h);
+            assert!(
+                !states.iter().any(|s| s == "established"),
+                "{}: {states:?}",
+                h.name()
+            );
+        }
+    }
+    let mut unblock = vec!["iptables", "-w", "-D"];
+    unblock.extend(rule);
+    b.run(&unblock).expect_ok();
+    wait_established(&a, 1);
+    wait_established(&b, 1);
+    let (ca, cb) = (lab.container(&a, "ca"), lab.container(&b, "cb"));
+    attach(&a, &ca, "198.18.0.1/16");
+    attach(&b, &cb, "198.18.0.2/16");
+    ca.wait_ping(ip(2), WAIT).unwrap();
+}
+
+#[test]
+fn a_host_behind_nat_joins_and_carries_traffic() {
+    let mut lab = Lab::new("router_nat", WEAVE);
+    let (a, r, b) = (
+        lab.isolated_host("a"),
+        lab.isolated_host("r"),
+        lab.isolated_host("b"),
+    );
+    let ra = lab.link(&r, &a);
+    let rb = lab.link(&r, &b);
+    // r masquerades b's traffic towards a; a has no route to b's link, so it only
+    // ever sees r's address, with whatever port r's NAT picks.
+    r.set_forwarding(true);
+    let r_to_a = ra.ends().0.ifname.clone();
+    r.run(&[
+        "iptables",
+        "-w",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-o",
+        &r_to_a,
+        "-j",
+        "MASQUERADE",
+    ])
+    .expect_ok();
+    let a_ip = ra.ip_of(&a);
+    b.add_route(&format!("{a_ip}/32"), rb.ip_of(&r));
+    launch(&a, &[]);
+    launch(&b, &[&a_ip.to_string()]);
+    wait_established(&a, 1);
+    wait_established(&b, 1);
+    let conns = a
+        .run(&["weave", "status", "connections"])
+        .expect_ok()
+        .stdout;
+    assert!(
+        conns.contains(&format!("<- {}:", ra.ip_of(&r))),
+        "a sees b at r's address: {conns}"
+    );
+    let (ca, cb) = (lab.container(&a, "ca"), lab.container(&b, "cb"));
+    attach(&a, &ca, "198.18.0.1/16");
+    attach(&b, &cb, "198.18.0.2/16");
+    ca.wait_ping(ip(2), WAIT).unwrap();
+    assert!(cb.ping(ip(1)));
+    let mbits = iperf(&ca, &cb, ip(2));
+    assert!(mbits > 0.0);
 }

@@ -132,6 +132,19 @@ fn register_data_plane(registry: &mut Registry, report: &Report) {
         frames,
     );
     registry.register("weave_frame_bytes", "Bytes of those frames", bytes);
+    let peer_dropped = Family::<PeerLabels, Counter<u64>>::default();
+    for p in &dp.peers {
+        for (reason, n) in &p.dropped_reasons {
+            peer_dropped
+                .get_or_create(&[("peer", p.name.clone()), ("reason", reason.clone())])
+                .inc_by(*n);
+        }
+    }
+    registry.register(
+        "weave_peer_dropped_frames",
+        "Frames from a peer (or copies of them) the data plane dropped, by reason",
+        peer_dropped,
+    );
     let dropped = Family::<ReasonLabels, Counter<u64>>::default();
     for (reason, n) in &dp.dropped_frames {
         dropped
@@ -280,6 +293,8 @@ mod tests {
                 forwarded_bytes: 400,
                 injected_frames: 2,
                 injected_bytes: 100,
+                dropped_frames: 1,
+                dropped_reasons: [("hop_limit".to_owned(), 1)].into(),
                 ..PeerTraffic::default()
             }],
             ..DataPlaneReport::default()
@@ -290,6 +305,7 @@ mod tests {
             r#"weave_frames_total{peer="02:00:00:00:00:02",direction="forwarded"} 4"#,
             r#"weave_frames_total{peer="02:00:00:00:00:02",direction="injected"} 2"#,
             r#"weave_frame_bytes_total{peer="02:00:00:00:00:02",direction="forwarded"} 400"#,
+            r#"weave_peer_dropped_frames_total{peer="02:00:00:00:00:02",reason="hop_limit"} 1"#,
             r#"weave_dropped_frames_total{reason="no_route"} 3"#,
             r#"weave_dropped_frames_total{reason="too_big"} 0"#,
             r#"weave_rejected_datagrams_total{reason="authentication"} 5"#,

@@ -69,7 +69,8 @@ pub(crate) enum Command {
     Report(ReportArgs),
     /// Stop the daemon, keeping its persisted state.
     Stop(ApiArgs),
-    /// Stop the daemon and remove its persisted state (peer name, targets, ...).
+    /// Stop the daemon and remove its persisted state (peer name, targets, ...) and what
+    /// it made on the host (bridge, container interfaces, firewall rules).
     Reset(ResetArgs),
     /// Print the version of this program and of the running daemon.
     Version(ApiArgs),

@@ -1,8 +1,9 @@
 //! `weave reset`: stop the daemon, telling it to drop its persisted state (peer name,
 //! targets; later IPAM and DNS records), then remove the files it owns in the state
 //! directory (`--state-dir` / `WEAVE_STATE_DIR`): database, lock and log. If the daemon
-//! is not running, just remove those files. The directory itself stays (it may be a
-//! mount point).
+//! is not running (`weave stop` left the host plumbed), remove what it made on the host
+//! (container veths, TAP, bridge, firewall rules) and those files. The directory itself
+//! stays (it may be a mount point).
 
 use std::io;
 use std::path::Path;
@@ -15,17 +16,26 @@ use crate::api::client::ClientError;
 use crate::daemon::state::owned_files;
 
 pub(super) async fn run(args: ResetArgs) -> anyhow::Result<()> {
+    run_with(args, crate::dataplane::remove_leftovers).await
+}
+
+/// [`run`] with `sweep` for the host's leftovers (tests pass one that touches nothing).
+pub(super) async fn run_with<F, Fut>(args: ResetArgs, sweep: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     let dir = std::path::absolute(&args.state_dir).with_context(|| {
         format!(
             "cannot resolve state directory {}",
             args.state_dir.display()
         )
     })?;
-    match stop::stop_daemon(&args.api.client(), true).await {
-        Ok(()) => {}
-        Err(err) if matches!(err.downcast_ref(), Some(ClientError::NotRunning)) => {}
+    let running = match stop::stop_daemon(&args.api.client(), true).await {
+        Ok(()) => true,
+        Err(err) if matches!(err.downcast_ref(), Some(ClientError::NotRunning)) => false,
         Err(err) => return Err(err),
-    }
+    };
     // The daemon releases its lock last; never delete files under a live one (one that
     // listens elsewhere than --http-addr, say).
     let deadline = tokio::time::Instant::now() + DAEMON_WAIT;
@@ -38,6 +48,11 @@ pub(super) async fn run(args: ResetArgs) -> anyhow::Result<()> {
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !running {
+        // A stopped daemon left the host plumbed (`weave stop` keeps containers'
+        // interfaces); a running one removed it all on the way out.
+        sweep().await?;
     }
     remove_owned_files(&dir)
 }

@@ -498,12 +498,25 @@ async fn reset_stops_with_reset_and_removes_owned_files() {
         std::fs::write(dir.join(file), b"x").expect("write");
     }
     let daemon = FakeDaemon::start(crate::report::Report::default()).await;
-    reset::run(ResetArgs {
-        state_dir: dir.clone(),
-        api: api(daemon.http),
-    })
+    let swept = std::sync::atomic::AtomicUsize::new(0);
+    let sweep = || async {
+        swept.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    };
+    reset::run_with(
+        ResetArgs {
+            state_dir: dir.clone(),
+            api: api(daemon.http),
+        },
+        sweep,
+    )
     .await
     .expect("reset");
+    assert_eq!(
+        swept.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a running daemon cleans up after itself"
+    );
     assert_eq!(daemon.calls(), [Call::Stop { reset: true }]);
     let left: Vec<String> = std::fs::read_dir(&dir)
         .expect("read dir")
@@ -513,13 +526,21 @@ async fn reset_stops_with_reset_and_removes_owned_files() {
 
     // Not running: the files go all the same.
     std::fs::write(dir.join(DB_FILE), b"x").expect("write");
-    reset::run(ResetArgs {
-        state_dir: dir.clone(),
-        api: api(dead_addr()),
-    })
+    reset::run_with(
+        ResetArgs {
+            state_dir: dir.clone(),
+            api: api(dead_addr()),
+        },
+        sweep,
+    )
     .await
     .expect("reset");
     assert!(!dir.join(DB_FILE).exists());
+    assert_eq!(
+        swept.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "without a daemon, reset sweeps the host"
+    );
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
 
@@ -531,10 +552,13 @@ async fn reset_leaves_a_directory_a_live_daemon_holds() {
         nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).expect("lock");
     std::fs::write(dir.join(DB_FILE), b"x").expect("write");
     assert!(state::lock_held(&dir).expect("check"));
-    let run = reset::run(ResetArgs {
-        state_dir: dir.clone(),
-        api: api(dead_addr()),
-    });
+    let run = reset::run_with(
+        ResetArgs {
+            state_dir: dir.clone(),
+            api: api(dead_addr()),
+        },
+        || async { Ok(()) },
+    );
     let outcome = tokio::time::timeout(Duration::from_millis(500), run).await;
     assert!(
         outcome.is_err(),

@@ -332,7 +332,7 @@ fn host_ifname(identity: &Identity) -> String {
 }
 
 /// Whether `name` looks like a host end we made (for `weave reset`'s sweep).
-fn is_our_ifname(name: &str) -> bool {
+pub(crate) fn is_our_ifname(name: &str) -> bool {
     name.strip_prefix(HOST_IFNAME_PREFIX).is_some_and(|rest| {
         rest.len() == HOST_IFNAME_HEX && rest.bytes().all(|b| b.is_ascii_hexdigit())
     })

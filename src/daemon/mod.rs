@@ -42,4 +42,5 @@ mod event_loop;
 pub(crate) mod ipam;
 pub(crate) mod state;
 
+pub(crate) use containers::is_our_ifname as is_container_ifname;
 pub(crate) use event_loop::run;

@@ -1190,6 +1190,7 @@ fn path_thread(
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut scratch = Vec::new();
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
+    let mut fwd_events = Vec::new();
     loop {
         let now = Instant::now();
         let deadline = conns
@@ -1223,6 +1224,7 @@ fn path_thread(
                 .unwrap_or_else(PoisonError::into_inner)
                 .handle_timeout(now);
         }
+        log_forwarder_events(shared, &mut fwd_events);
         for (peer, conn) in &mut conns {
             // Frames count as hearing the peer as much as heartbeats do.
             let last = conn.last_rx.load(Ordering::Relaxed);
@@ -1236,6 +1238,39 @@ fn path_thread(
         }
         if changed {
             publish(shared, &conns);
+        }
+    }
+}
+
+/// Logs what the forwarder learned: new MACs, and MACs claimed by another owner than
+/// before (a container moved, or two claim one MAC: the latest claim wins). Taken out
+/// under the lock, logged after it.
+fn log_forwarder_events(shared: &Shared, events: &mut Vec<weave_router::Event>) {
+    {
+        let mut fwd = shared
+            .forwarder
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while let Some(event) = fwd.poll_event() {
+            events.push(event);
+        }
+    }
+    let owner = |o: &weave_router::Owner| match o {
+        weave_router::Owner::Local => "this host".to_owned(),
+        weave_router::Owner::Remote(peer) => format!("peer {peer}"),
+    };
+    for event in events.drain(..) {
+        match event {
+            weave_router::Event::MacDiscovered { mac, owner: o } => {
+                tracing::info!("discovered MAC {mac} at {}", owner(&o));
+            }
+            weave_router::Event::MacMoved { mac, from, to } => {
+                tracing::warn!(
+                    "MAC {mac} claimed by {} while known at {}: the latest claim wins",
+                    owner(&to),
+                    owner(&from)
+                );
+            }
         }
     }
 }

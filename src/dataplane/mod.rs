@@ -204,6 +204,11 @@ impl Dataplane {
                 injected_frames: c.injected_frames,
                 injected_bytes: c.injected_bytes,
                 dropped_frames: c.dropped.total(),
+                dropped_reasons: weave_router::DropReason::ALL
+                    .into_iter()
+                    .map(|r| (r.as_str().to_owned(), c.dropped.get(r)))
+                    .filter(|(_, n)| *n > 0)
+                    .collect(),
             })
             .collect();
         drop(fwd);
@@ -252,6 +257,37 @@ pub(crate) fn overlay_mtu(
     let underlay = usize::try_from(underlay_mtu).unwrap_or(usize::MAX);
     let mtu = protection.container_mtu(underlay).max(MIN_OVERLAY_MTU);
     u16::try_from(mtu).unwrap_or(u16::MAX)
+}
+
+/// `weave reset` with no daemon running: removes what a daemon left on the host (it
+/// was stopped with `weave stop`, or died): the container veths it made, the TAP, the
+/// bridge (and the exposed addresses on it) and the firewall rules. What is absent is
+/// skipped; the first failure is returned after trying everything.
+pub(crate) async fn remove_leftovers() -> Result<()> {
+    let netlink = Netlink::connect().context("cannot talk to the kernel over netlink")?;
+    let mut first_err: Option<anyhow::Error> = None;
+    let mut note = |err: anyhow::Error| {
+        if first_err.is_none() {
+            first_err = Some(err);
+        }
+    };
+    let links = netlink.links().await.context("cannot list interfaces")?;
+    for link in links.iter().filter(|l| {
+        l.kind.as_deref() == Some("veth") && crate::daemon::is_container_ifname(&l.name)
+    }) {
+        if let Err(err) = netlink.delete_link(&link.name).await {
+            note(anyhow::Error::new(err).context(format!("cannot remove {}", link.name)));
+        }
+    }
+    for name in [TAP, BRIDGE] {
+        if let Err(err) = netlink.delete_link(name).await {
+            note(anyhow::Error::new(err).context(format!("cannot remove {name}")));
+        }
+    }
+    if let Err(err) = ForwardRules::new(BRIDGE).remove().await {
+        note(anyhow::Error::new(err).context("cannot remove the firewall rules"));
+    }
+    first_err.map_or(Ok(()), Err)
 }
 
 /// IPv4's minimum MTU; never give containers less.

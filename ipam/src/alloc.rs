@@ -194,6 +194,9 @@ struct Verify {
     round: u64,
     /// The round in progress, if any: what it asks about and who has not answered.
     in_round: bool,
+    /// Everyone the round in progress asked (peers that become live during it are
+    /// asked too).
+    asked: BTreeSet<PeerName>,
     asking: Vec<(u64, u64)>,
     waiting: BTreeSet<PeerName>,
     resend_at: Option<Instant>,
@@ -1218,12 +1221,42 @@ impl Ipam {
         let timeout = self.config.timers.sync_timeout;
         let local = self.local;
         let owned = self.owned.clone();
+        // The other owners in our view of the ring: those most likely to know what our
+        // old incarnation gave away (a restarted daemon connects to them one by one).
+        let owners: BTreeSet<PeerName> = self
+            .ring
+            .as_ref()
+            .map(|r| r.totals().into_keys().filter(|&p| p != local).collect())
+            .unwrap_or_default();
         let Some(v) = &mut self.fresh else {
             return;
         };
+        let peers: BTreeSet<PeerName> = ctx
+            .peers()
+            .keys()
+            .copied()
+            .filter(|&p| p != local)
+            .collect();
         if v.in_round {
+            // Peers that became live during the round are asked too.
+            let newly: Vec<PeerName> = peers.difference(&v.asked).copied().collect();
+            if !newly.is_empty() {
+                let msg = wire::encode(&Message::SyncRequest {
+                    round: v.round,
+                    ranges: to_ranges32(&v.asking),
+                });
+                for peer in newly {
+                    v.asked.insert(peer);
+                    v.waiting.insert(peer);
+                    ctx.unicast(peer, msg.clone());
+                }
+            }
             v.waiting.retain(|p| ctx.is_live(*p));
-            if v.waiting.is_empty() || v.deadline.is_some_and(|d| now >= d) {
+            // Done when every live peer answered and every other owner was among them
+            // (or `sync_timeout` passed: owners may be dead).
+            let owners_heard = owners.iter().all(|o| v.asked.contains(o));
+            let timed_out = v.deadline.is_some_and(|d| now >= d);
+            if (v.waiting.is_empty() && owners_heard) || timed_out {
                 v.in_round = false;
                 v.verified = union(&v.verified, &v.asking);
                 v.resend_at = None;
@@ -1237,19 +1270,15 @@ impl Ipam {
         if unverified.is_empty() {
             return;
         }
-        let peers: BTreeSet<PeerName> = ctx
-            .peers()
-            .keys()
-            .copied()
-            .filter(|&p| p != local)
-            .collect();
-        if peers.is_empty() {
+        if peers.is_empty() && owners.is_empty() {
+            // The whole ring is ours and nobody is around: nobody can know better.
             v.verified = union(&v.verified, &unverified);
             return;
         }
         v.round += 1;
         v.in_round = true;
-        v.waiting = peers;
+        v.waiting = peers.clone();
+        v.asked = peers;
         v.deadline = Some(now + timeout);
         v.resend_at = Some(now + self.config.timers.request_timeout);
         let msg = wire::encode(&Message::SyncRequest {

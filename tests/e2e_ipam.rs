@@ -205,6 +205,26 @@ fn ipam_status_field(host: &Host, label: &str) -> String {
         .to_owned()
 }
 
+/// A /28 inside a range `owner` (by nickname) owns, in `host`'s view, as `a.b.c.d/28`.
+fn subnet_owned_by(host: &Host, owner: &str) -> String {
+    let r = report(host);
+    let entries = r["IPAM"]["Entries"].as_array().expect("entries").clone();
+    for e in entries.iter().filter(|e| e["Nickname"] == owner) {
+        let start = u32::from(
+            e["Token"]
+                .as_str()
+                .and_then(|t| t.parse::<Ipv4Addr>().ok())
+                .expect("token"),
+        );
+        let end = start + u32::try_from(e["Size"].as_u64().expect("size")).expect("fits");
+        let first = start.div_ceil(16) * 16;
+        if first + 16 <= end {
+            return format!("{}/28", Ipv4Addr::from(first));
+        }
+    }
+    panic!("{owner} owns no /28 in {entries:?}")
+}
+
 fn metric(host: &Host, name: &str) -> f64 {
     let out = host
         .run(&["curl", "-s", "http://127.0.0.1:6782/metrics"])
@@ -447,6 +467,32 @@ fn restart_keeps_addresses_and_dead_hosts_range_is_taken_over_with_rmpeer() {
     })
     .unwrap();
     assert_eq!(metric(a, "weave_ipam_unreachable_count"), 1.0);
+    // An allocation in a subnet only c owns waits, and the status says why.
+    let subnet = subnet_owned_by(a, "c");
+    let url = format!("http://127.0.0.1:6784/ip/waiting/{subnet}");
+    let waiting = a.spawn(&[
+        "curl",
+        "-sS",
+        "--fail-with-body",
+        "-m",
+        "60",
+        "-X",
+        "POST",
+        &url,
+    ]);
+    wait_until("allocation pending", WAIT, POLL, || {
+        let pending = metric(a, "weave_ipam_pending_allocates");
+        if pending == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{pending}"))
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        ipam_status_field(a, "Status"),
+        "all IP ranges owned by unreachable peers - use 'rmpeer' if they are dead"
+    );
     let a_before = ipam_owners(a)[0].1;
     let taken = weave(a, &["rmpeer", "c"]);
     assert!(
@@ -457,6 +503,25 @@ fn restart_keeps_addresses_and_dead_hosts_range_is_taken_over_with_rmpeer() {
     assert!(owners.iter().all(|o| o.0 != "c"), "{owners:?}");
     assert_eq!(owners[0].1, a_before + c_share, "{owners:?}");
     assert_eq!(metric(a, "weave_ipam_unreachable_count"), 0.0);
+    // The waiting allocation gets its address now that a owns the subnet.
+    wait_until("the waiting allocation answered", WAIT, POLL, || {
+        if waiting.is_running() {
+            Err("curl still waits".to_owned())
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap();
+    let got = waiting.log();
+    let prefix = subnet
+        .split('/')
+        .next()
+        .expect("subnet")
+        .rsplit_once('.')
+        .expect("dots")
+        .0;
+    assert!(got.trim().starts_with(prefix), "{got:?} not in {subnet}");
+    assert_eq!(ipam_status_field(a, "Status"), "ready");
     // b learns it too.
     wait_until("b forgets c", WAIT, POLL, || {
         let owners = ipam_owners(b);

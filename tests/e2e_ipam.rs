@@ -727,3 +727,30 @@ fn rmpeer_of_a_peer_that_was_only_cut_off_is_a_contained_conflict() {
     let owners = ipam_owners(b);
     assert_eq!(owners[0].1, b_share, "{owners:?} {}", report(b)["IPAM"]);
 }
+
+/// A lone daemon launched without peers (consensus among 1, the default) makes its
+/// ring on the first `weave attach` and answers it at once.
+#[test]
+fn a_lone_daemon_allocates_on_the_first_attach() {
+    let mut lab = Lab::new("ipam_lone", WEAVE);
+    let a = lab.host("a");
+    a.run(&[
+        "weave",
+        "launch",
+        "--nickname",
+        "a",
+        "--ipalloc-range",
+        RANGE,
+    ])
+    .expect_ok();
+    assert_eq!(ipam_status_field(&a, "Status"), "idle");
+    let c = lab.container(&a, "c1");
+    assert_eq!(attach(&a, &c), Ipv4Addr::new(198, 18, 0, 1));
+    assert_eq!(ipam_status_field(&a, "Status"), "ready");
+    let owners = ipam_owners(&a);
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert!(
+        owners[0].3.contains("256 IPs (100.0% of total) (1 active)"),
+        "{owners:?}"
+    );
+}

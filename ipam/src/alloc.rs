@@ -251,6 +251,15 @@ impl Ipam {
         Ok(ipam)
     }
 
+    /// A peer whose name was made up at this start (no `--name`, nothing persisted): no
+    /// earlier incarnation can have owned anything, so nothing is re-learned and it
+    /// allocates as soon as a ring exists. In seed mode the ring exists at once.
+    pub fn first_start(config: IpamConfig, local: PeerName) -> Result<Self, IpamError> {
+        let mut ipam = Self::new(config, local)?;
+        ipam.fresh = None;
+        Ok(ipam)
+    }
+
     /// A peer coming back with its saved state: it keeps its ranges and allocations and
     /// allocates at once.
     pub fn restore(

@@ -45,7 +45,7 @@ async fn start(tag: &str, init: &str) -> Daemon {
         let state = Arc::new(State::open(&state_dir).expect("state"));
         let mut mesh = Mesh::new(MeshConfig::new(ME, "me".to_owned(), 1), Instant::now());
         let mut service =
-            IpamService::start(&settings, 0, ME, state, &mut mesh).expect("IPAM starts");
+            IpamService::start(&settings, 0, ME, true, state, &mut mesh).expect("IPAM starts");
         while let Some(request) = rx.blocking_recv() {
             match request {
                 Request::Report(reply) => {

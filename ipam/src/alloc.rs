@@ -183,8 +183,9 @@ struct Pending {
 /// its old incarnation may have given away parts of ranges that others still show as its
 /// own (stale entries can reach it at any time, from any peer). So, for its whole life:
 /// before it allocates from or donates a range it came to own by gossip, it asks every
-/// live peer what they know of that range (a round), and waits for all answers or
-/// `sync_timeout`. Ranges granted to it in answer to its own request are fresh from their
+/// live peer what they know of that range (a round), also those that become live during
+/// the round, and waits for all answers, including one from every other owner in its
+/// view of the ring, or `sync_timeout`. Ranges granted to it in answer to its own request are fresh from their
 /// owner and need no round. At the start it also waits for [`Ipam::finish_reclaim`].
 #[derive(Debug, Clone, Default)]
 struct Verify {

@@ -42,7 +42,8 @@ use crate::report::ipam::{IpamEntry, IpamOwner, IpamReport};
 
 /// Weave's default allocation range.
 pub(crate) const DEFAULT_RANGE: &str = "10.32.0.0/12";
-const DISABLED: &str = "IPAM is disabled (the daemon was launched with --ipalloc-range '')";
+pub(crate) const DISABLED: &str =
+    "IPAM is disabled (the daemon was launched with --ipalloc-range '')";
 
 /// Small records: the trust marker, the ring's identity, Paxos, nicknames.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("ipam.meta.v1");

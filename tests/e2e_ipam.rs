@@ -753,4 +753,31 @@ fn a_lone_daemon_allocates_on_the_first_attach() {
         owners[0].3.contains("256 IPs (100.0% of total) (1 active)"),
         "{owners:?}"
     );
+
+    // Another lone daemon (not a peer of a) with a default subnet inside the range:
+    // attach allocates there, the status block and the API say so.
+    let b = lab.host("b");
+    b.run(&[
+        "weave",
+        "launch",
+        "--nickname",
+        "b",
+        "--ipalloc-range",
+        RANGE,
+        "--ipalloc-default-subnet",
+        "198.18.0.128/25",
+    ])
+    .expect_ok();
+    assert_eq!(ipam_status_field(&b, "DefaultSubnet"), "198.18.0.128/25");
+    let c2 = lab.container(&b, "c2");
+    assert_eq!(
+        weave(&b, &["attach", "--netns", c2.netns()]).trim(),
+        "198.18.0.129"
+    );
+    assert_eq!(c2.addresses("ethwe"), ["198.18.0.129/25"]);
+    let subnet = b
+        .run(&["curl", "-sS", "http://127.0.0.1:6784/ipinfo/defaultsubnet"])
+        .expect_ok()
+        .stdout;
+    assert_eq!(subnet.trim(), "198.18.0.128/25");
 }

@@ -676,6 +676,11 @@ fn rmpeer_of_a_peer_that_was_only_cut_off_is_a_contained_conflict() {
         weave(h, &["status"]).contains("conflicting ring updates contained")
     });
     assert!(warned, "no status warning on any host");
+    let logged = hosts.iter().any(|h| {
+        std::fs::read_to_string(h.state_dir().join("weave.log"))
+            .is_ok_and(|log| log.contains("conflicting ring update contained"))
+    });
+    assert!(logged, "no conflict in any daemon's log");
     wait_until("rings agree", WAIT, POLL, || {
         let views: Vec<Vec<(String, u64)>> = hosts
             .iter()

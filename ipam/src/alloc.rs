@@ -1154,7 +1154,19 @@ impl Ipam {
             && self.paxos.highest_promise().is_none()
         {
             self.paxos.propose(self.local);
+            self.publish_paxos(ctx);
             self.reset_paxos_timer(ctx);
+        }
+    }
+
+    /// Persists our acceptor state and broadcasts it: a new proposal (or promise) must
+    /// reach the others now, not with the next anti-entropy exchange.
+    fn publish_paxos(&mut self, ctx: &mut GossipContext<'_>) {
+        if let Some(own) = self.paxos.own(self.local).cloned() {
+            self.persist.push_back(PersistOp::Paxos(own.clone()));
+            let mut update = Update::empty(self.config.range);
+            update.paxos.push((self.local, own));
+            ctx.broadcast(wire::encode(&Message::Update(update)));
         }
     }
 
@@ -1212,12 +1224,7 @@ impl Ipam {
         };
         let quorum = self.config.init.quorum();
         if self.paxos.step(self.local, quorum, true) {
-            if let Some(own) = self.paxos.own(self.local).cloned() {
-                self.persist.push_back(PersistOp::Paxos(own.clone()));
-                let mut update = Update::empty(self.config.range);
-                update.paxos.push((self.local, own));
-                ctx.broadcast(wire::encode(&Message::Update(update)));
-            }
+            self.publish_paxos(ctx);
             self.reset_paxos_timer(ctx);
         }
         if let Some(value) = self.paxos.chosen(quorum) {
@@ -1980,6 +1987,7 @@ impl Gossiper for Ipam {
             {
                 // Nothing moved for a while: the highest proposer may be gone or cut off.
                 self.paxos.propose(self.local);
+                self.publish_paxos(ctx);
                 self.reset_paxos_timer(ctx);
             }
         }

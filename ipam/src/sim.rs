@@ -766,7 +766,12 @@ mod tests {
             .seeds()
             .unwrap()
             .to_vec();
-        assert_eq!(seeds.len(), 5, "all five agreed once connected");
+        // Once connected a quorum agrees; the ring is split among the peers the winning
+        // proposer had heard from (at least a quorum).
+        assert!(
+            seeds.len() >= 3,
+            "a quorum agreed once connected: {seeds:?}"
+        );
         rings_agree(&sim);
     }
 

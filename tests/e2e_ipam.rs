@@ -4,7 +4,9 @@
 //! underlay cut) leaves each side allocating from what it owns with no duplicate after
 //! healing; a restarted daemon keeps its containers' addresses; a dead host shows as
 //! `unreachable!` and its range is taken over with `weave rmpeer` (refused while it is
-//! reachable); `weave reset` hands a peer's ranges to a live one.
+//! reachable); `weave reset` hands a peer's ranges to a live one; a peer that lost its
+//! disk re-learns before it allocates; `rmpeer` of a peer that was only cut off is a
+//! conflict that is reported and contained.
 //!
 //! Every daemon gets `--ipalloc-range` inside 198.18.0.0/15 (never Weave's default).
 

@@ -8,9 +8,11 @@
 //! side owns free space gets an address; after healing every request was answered and
 //! the rings agree.
 //!
-//! The default run covers 120 schedules; `IPAM_SIM_SCHEDULES=N` runs N per
-//! init mode (thousands in CI's long run). A failing run prints its seed;
-//! `SIM_SEED=<seed>` replays that one schedule.
+//! The default run covers 60 schedules per init mode (seeded ring, consensus) and 40 of
+//! the rmpeer misuse; `IPAM_SIM_SCHEDULES=N` runs N of each (thousands for a long run).
+//! A failing run prints its seed; `SIM_SEED=<seed>` replays that one schedule and
+//! `IPAM_SIM_TRACE=1` prints what it does. Also here: the figures for 50-peer consensus
+//! and gossip bytes per allocation (`--no-capture` shows them).
 //!
 //! The daemon's contract (persist before the gossip leaves) is kept by draining the
 //! core's persist queue into the host's saved state before anything is crashed: what the

@@ -1234,6 +1234,13 @@ impl Ipam {
     }
 
     fn drive_verify(&mut self, ctx: &mut GossipContext<'_>) {
+        // The common case (every allocation): nothing in progress, nothing new to ask.
+        if let Some(v) = &self.fresh
+            && !v.in_round
+            && difference(&self.owned, &v.verified).is_empty()
+        {
+            return;
+        }
         let now = ctx.now();
         let timeout = self.config.timers.sync_timeout;
         let local = self.local;

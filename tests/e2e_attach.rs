@@ -22,9 +22,17 @@ const POLL: Duration = Duration::from_millis(200);
 /// Containers' MTU until the daemon reports the overlay's own.
 const DEFAULT_OVERLAY_MTU: u32 = 1376;
 
+/// IPAM allocates inside the test range only.
 fn launch(host: &Host) {
-    host.run(&["weave", "launch", "--nickname", host.name()])
-        .expect_ok();
+    host.run(&[
+        "weave",
+        "launch",
+        "--nickname",
+        host.name(),
+        "--ipalloc-range",
+        "198.18.0.0/15",
+    ])
+    .expect_ok();
 }
 
 /// `weave ARGS...` on `host`, expected to succeed; returns its stdout.
@@ -349,7 +357,16 @@ fn bad_input_gets_clear_errors() {
         1,
         "weave is not running",
     );
-    launch(&host);
+    // IPAM off: attach and expose without an address are refused with the reason.
+    host.run(&[
+        "weave",
+        "launch",
+        "--nickname",
+        host.name(),
+        "--ipalloc-range",
+        "",
+    ])
+    .expect_ok();
     let ns = c1.netns();
     // Usage errors (exit 2), found by the CLI.
     for (args, why) in [
@@ -396,16 +413,13 @@ fn bad_input_gets_clear_errors() {
             vec!["attach", "198.18.0.1/15", "--pid", "4000000"],
             "no process 4000000",
         ),
-        (
-            vec!["attach", "--netns", ns],
-            "no address given (IPAM comes later)",
-        ),
+        (vec!["attach", "--netns", ns], "IPAM is disabled"),
         (
             vec!["attach", "198.18.0.1/15", "--netns", host.netns()],
             "the host's own network namespace",
         ),
         (vec!["detach", "--netns", ns], "is not attached"),
-        (vec!["expose"], "no address given (IPAM comes later)"),
+        (vec!["expose"], "IPAM is disabled"),
     ] {
         weave_fails(&host, &args, 1, why);
     }

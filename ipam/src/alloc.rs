@@ -183,8 +183,9 @@ struct Pending {
 /// its old incarnation may have given away parts of ranges that others still show as its
 /// own (stale entries can reach it at any time, from any peer). So, for its whole life:
 /// before it allocates from or donates a range it came to own by gossip, it asks every
-/// live peer what they know of that range (a round), and waits for all answers or
-/// `sync_timeout`. Ranges granted to it in answer to its own request are fresh from their
+/// live peer what they know of that range (a round), also those that become live during
+/// the round, and waits for all answers, including one from every other owner in its
+/// view of the ring, or `sync_timeout`. Ranges granted to it in answer to its own request are fresh from their
 /// owner and need no round. At the start it also waits for [`Ipam::finish_reclaim`].
 #[derive(Debug, Clone, Default)]
 struct Verify {
@@ -194,6 +195,9 @@ struct Verify {
     round: u64,
     /// The round in progress, if any: what it asks about and who has not answered.
     in_round: bool,
+    /// Everyone the round in progress asked (peers that become live during it are
+    /// asked too).
+    asked: BTreeSet<PeerName>,
     asking: Vec<(u64, u64)>,
     waiting: BTreeSet<PeerName>,
     resend_at: Option<Instant>,
@@ -245,6 +249,15 @@ impl Ipam {
             let ring = Ring::new(ipam.config.range, seeds);
             ipam.install_ring(ring);
         }
+        Ok(ipam)
+    }
+
+    /// A peer whose name was made up at this start (no `--name`, nothing persisted): no
+    /// earlier incarnation can have owned anything, so nothing is re-learned and it
+    /// allocates as soon as a ring exists. In seed mode the ring exists at once.
+    pub fn first_start(config: IpamConfig, local: PeerName) -> Result<Self, IpamError> {
+        let mut ipam = Self::new(config, local)?;
+        ipam.fresh = None;
         Ok(ipam)
     }
 
@@ -1141,7 +1154,19 @@ impl Ipam {
             && self.paxos.highest_promise().is_none()
         {
             self.paxos.propose(self.local);
+            self.publish_paxos(ctx);
             self.reset_paxos_timer(ctx);
+        }
+    }
+
+    /// Persists our acceptor state and broadcasts it: a new proposal (or promise) must
+    /// reach the others now, not with the next anti-entropy exchange.
+    fn publish_paxos(&mut self, ctx: &mut GossipContext<'_>) {
+        if let Some(own) = self.paxos.own(self.local).cloned() {
+            self.persist.push_back(PersistOp::Paxos(own.clone()));
+            let mut update = Update::empty(self.config.range);
+            update.paxos.push((self.local, own));
+            ctx.broadcast(wire::encode(&Message::Update(update)));
         }
     }
 
@@ -1199,12 +1224,7 @@ impl Ipam {
         };
         let quorum = self.config.init.quorum();
         if self.paxos.step(self.local, quorum, true) {
-            if let Some(own) = self.paxos.own(self.local).cloned() {
-                self.persist.push_back(PersistOp::Paxos(own.clone()));
-                let mut update = Update::empty(self.config.range);
-                update.paxos.push((self.local, own));
-                ctx.broadcast(wire::encode(&Message::Update(update)));
-            }
+            self.publish_paxos(ctx);
             self.reset_paxos_timer(ctx);
         }
         if let Some(value) = self.paxos.chosen(quorum) {
@@ -1214,16 +1234,53 @@ impl Ipam {
     }
 
     fn drive_verify(&mut self, ctx: &mut GossipContext<'_>) {
+        // The common case (every allocation): nothing in progress, nothing new to ask.
+        if let Some(v) = &self.fresh
+            && !v.in_round
+            && difference(&self.owned, &v.verified).is_empty()
+        {
+            return;
+        }
         let now = ctx.now();
         let timeout = self.config.timers.sync_timeout;
         let local = self.local;
         let owned = self.owned.clone();
+        // The other owners in our view of the ring: those most likely to know what our
+        // old incarnation gave away (a restarted daemon connects to them one by one).
+        let owners: BTreeSet<PeerName> = self
+            .ring
+            .as_ref()
+            .map(|r| r.totals().into_keys().filter(|&p| p != local).collect())
+            .unwrap_or_default();
         let Some(v) = &mut self.fresh else {
             return;
         };
+        let peers: BTreeSet<PeerName> = ctx
+            .peers()
+            .keys()
+            .copied()
+            .filter(|&p| p != local)
+            .collect();
         if v.in_round {
+            // Peers that became live during the round are asked too.
+            let newly: Vec<PeerName> = peers.difference(&v.asked).copied().collect();
+            if !newly.is_empty() {
+                let msg = wire::encode(&Message::SyncRequest {
+                    round: v.round,
+                    ranges: to_ranges32(&v.asking),
+                });
+                for peer in newly {
+                    v.asked.insert(peer);
+                    v.waiting.insert(peer);
+                    ctx.unicast(peer, msg.clone());
+                }
+            }
             v.waiting.retain(|p| ctx.is_live(*p));
-            if v.waiting.is_empty() || v.deadline.is_some_and(|d| now >= d) {
+            // Done when every live peer answered and every other owner was among them
+            // (or `sync_timeout` passed: owners may be dead).
+            let owners_heard = owners.iter().all(|o| v.asked.contains(o));
+            let timed_out = v.deadline.is_some_and(|d| now >= d);
+            if (v.waiting.is_empty() && owners_heard) || timed_out {
                 v.in_round = false;
                 v.verified = union(&v.verified, &v.asking);
                 v.resend_at = None;
@@ -1237,19 +1294,15 @@ impl Ipam {
         if unverified.is_empty() {
             return;
         }
-        let peers: BTreeSet<PeerName> = ctx
-            .peers()
-            .keys()
-            .copied()
-            .filter(|&p| p != local)
-            .collect();
-        if peers.is_empty() {
+        if peers.is_empty() && owners.is_empty() {
+            // The whole ring is ours and nobody is around: nobody can know better.
             v.verified = union(&v.verified, &unverified);
             return;
         }
         v.round += 1;
         v.in_round = true;
-        v.waiting = peers;
+        v.waiting = peers.clone();
+        v.asked = peers;
         v.deadline = Some(now + timeout);
         v.resend_at = Some(now + self.config.timers.request_timeout);
         let msg = wire::encode(&Message::SyncRequest {
@@ -1941,6 +1994,7 @@ impl Gossiper for Ipam {
             {
                 // Nothing moved for a while: the highest proposer may be gone or cut off.
                 self.paxos.propose(self.local);
+                self.publish_paxos(ctx);
                 self.reset_paxos_timer(ctx);
             }
         }

@@ -28,11 +28,14 @@
 //! data: it allocates nothing new (and donates nothing) until the daemon has re-claimed
 //! the addresses of the containers still running ([`Ipam::claim`]) and called
 //! [`Ipam::finish_reclaim`], and every live peer answered a sync request with what it
-//! knows of the ranges it owns or thinks we own (or `sync_timeout` passed). Entries of
-//! ours arriving from others are accepted (Weave's "repair" rule), so it adopts its old
-//! ranges; whenever that makes it own more, it asks everyone again about those ranges
-//! (a new round, with its own timeout), so it also learns what its old incarnation gave
-//! away from them.
+//! knows of the ranges it owns or thinks we own, including every other owner in its view
+//! of the ring and peers that became live during the round (or `sync_timeout` passed: a
+//! restarted daemon connects to its peers one by one, so the first answer is not
+//! enough). [`Ipam::first_start`] skips this for a peer name made up at this start.
+//! Entries of ours arriving from others are accepted (Weave's "repair" rule), so it
+//! adopts its old ranges; whenever that makes it own more, it asks everyone again about
+//! those ranges (a new round, with its own timeout), so it also learns what its old
+//! incarnation gave away from them.
 //!
 //! What is not safe, and how it is contained:
 //! - Losing data is safe only if the peers that saw the old incarnation's last ring

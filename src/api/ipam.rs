@@ -12,6 +12,7 @@
 //! | `DELETE /ip/{id}/{ip}` | free that address of `id` |
 //! | `DELETE /ip/{id}` | free every address of `id` |
 //! | `GET /ring` | once the allocation ring exists (`weave prime`): empty |
+//! | `GET /ipinfo/defaultsubnet` | the default subnet, `a.b.c.d/len` |
 //! | `DELETE /peer/{name-or-nickname}` | `rmpeer`: `N IPs taken over from PEER` |
 //!
 //! Allocations and claims that must wait (for consensus, space from another peer, or an
@@ -50,6 +51,7 @@ pub(super) fn routes(router: Router<DaemonHandle>) -> Router<DaemonHandle> {
         )
         .route("/ip/{id}/{ip}", axum::routing::delete(free))
         .route("/ring", get(prime))
+        .route("/ipinfo/defaultsubnet", get(default_subnet))
         .route("/peer/{peer}", axum::routing::delete(rmpeer))
 }
 
@@ -188,6 +190,17 @@ async fn prime(State(handle): State<DaemonHandle>) -> Response {
             text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}: {status}"))
         }
         other => answer(other, |()| text(StatusCode::OK, "")),
+    }
+}
+
+/// Weave's `GET /ipinfo/defaultsubnet` (the CNI plugin asks it).
+async fn default_subnet(State(handle): State<DaemonHandle>) -> Response {
+    match handle.report().await {
+        Ok(report) => match report.ipam {
+            Some(ipam) => text(StatusCode::OK, ipam.default_subnet),
+            None => bad_request(crate::daemon::ipam::DISABLED),
+        },
+        Err(gone) => shutting_down(gone),
     }
 }
 

@@ -216,7 +216,7 @@ mod tests {
                 ("no-multicast-route", "true"),
             ]))
         );
-        // No address: the daemon decides (and for now says IPAM comes later).
+        // No address: the daemon asks IPAM for one.
         assert_eq!(
             attach(&["--netns", "/run/netns/web"]),
             Ok(form(&[("netns", "/run/netns/web")]))

@@ -825,6 +825,9 @@ impl Plumber {
         let mut addrs = if spec.addrs.is_empty() {
             self.allocate(&ident).await?
         } else {
+            // Our own record names the holder (IPAM only knows its identity).
+            self.registry
+                .check_free(&spec.addrs, Owner::Container(&owner))?;
             self.claim(&ident, &spec.addrs).await?;
             spec.addrs.clone()
         };
@@ -1197,6 +1200,7 @@ impl Plumber {
             // Weave's `weave expose` without an address: one from IPAM, for the host.
             addrs = self.allocate(EXPOSE_ID).await?;
         } else {
+            self.registry.check_free(&addrs, Owner::Expose)?;
             self.claim(EXPOSE_ID, &addrs).await?;
         }
         dedup(&mut addrs);

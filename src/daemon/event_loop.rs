@@ -57,11 +57,12 @@ struct ConnIo {
 /// Runs the daemon in the foreground until it is stopped (`weave stop`, SIGTERM).
 pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
     let state = std::sync::Arc::new(State::open(&config.state_dir)?);
-    let name = match config.name {
-        Some(name) => name,
+    // A name made up now has no past: IPAM need not re-learn anything for it.
+    let (name, new_name) = match config.name {
+        Some(name) => (name, false),
         None => match state.get::<u64>(KEY_PEER_NAME)? {
-            Some(raw) => PeerName::from_u64(raw),
-            None => PeerName::random(random_u64()),
+            Some(raw) => (PeerName::from_u64(raw), false),
+            None => (PeerName::random(random_u64()), true),
         },
     };
     state.put(KEY_PEER_NAME, &name.as_u64())?;
@@ -116,7 +117,14 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
     mesh.connect(&targets, true, now);
     state.put(KEY_TARGETS, &targets)?;
     // Consensus' quorum counts the peers we were launched with, and ourselves.
-    let ipam = IpamService::start(&config.ipam, targets.len(), name, state.clone(), &mut mesh)?;
+    let ipam = IpamService::start(
+        &config.ipam,
+        targets.len(),
+        name,
+        new_name,
+        state.clone(),
+        &mut mesh,
+    )?;
     let dns = DnsService::start(&config.dns, name, state.clone(), &mut mesh).await?;
 
     let (engine_tx, engine_events) = mpsc::unbounded_channel();

@@ -42,7 +42,8 @@ use crate::report::ipam::{IpamEntry, IpamOwner, IpamReport};
 
 /// Weave's default allocation range.
 pub(crate) const DEFAULT_RANGE: &str = "10.32.0.0/12";
-const DISABLED: &str = "IPAM is disabled (the daemon was launched with --ipalloc-range '')";
+pub(crate) const DISABLED: &str =
+    "IPAM is disabled (the daemon was launched with --ipalloc-range '')";
 
 /// Small records: the trust marker, the ring's identity, Paxos, nicknames.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("ipam.meta.v1");
@@ -239,10 +240,13 @@ fn call<R>(mesh: &mut Mesh, f: impl FnOnce(&mut Ipam, &mut GossipContext<'_>) ->
 
 impl IpamService {
     /// Loads the saved state (or starts without), and registers the core on the mesh.
+    /// `new_name`: the peer name was made up at this start, so no earlier incarnation
+    /// can have owned ranges and there is nothing to re-learn.
     pub(crate) fn start(
         settings: &IpamSettings,
         launch_peers: usize,
         local: PeerName,
+        new_name: bool,
         state: Arc<State>,
         mesh: &mut Mesh,
     ) -> Result<Self> {
@@ -286,6 +290,11 @@ impl IpamService {
                     Ipam::new(config.clone(), local)?
                 }
             },
+            None if new_name => {
+                clear(&service.state)?;
+                tracing::info!(range = %config.range, init = %service.init, "IPAM: first start under a new peer name");
+                Ipam::first_start(config.clone(), local)?
+            }
             None => {
                 clear(&service.state)?;
                 tracing::info!(range = %config.range, init = %service.init, "IPAM: no saved state; re-learning from peers before allocating");
@@ -578,21 +587,26 @@ impl IpamService {
         reply: oneshot::Sender<Result<Ipv4Net, IpamFailure>>,
     ) {
         // Persist before anything is answered.
-        let stored = self.persisted(mesh);
         let answer = match result {
-            None => Err(IpamFailure::Failed("IPAM is not running".to_owned())),
-            Some(Err(err)) => Err(failure(&err)),
-            Some(Ok(AllocResult::Ready(addr))) => {
-                stored.map(|()| Ipv4Net::new(addr, prefix).unwrap_or_else(|_| addr.into()))
-            }
             Some(Ok(AllocResult::Pending(id))) => {
+                // Wait first: the call may have finished it already (a lone consensus
+                // peer makes its ring within the call), and the flush answers it then.
                 self.waiters.entry(id).or_default().push(Waiter {
                     ident,
                     prefix,
                     reply,
                 });
+                self.flush(mesh);
                 return;
             }
+            Some(Ok(AllocResult::Ready(addr))) => self
+                .persisted(mesh)
+                .map(|()| Ipv4Net::new(addr, prefix).unwrap_or_else(|_| addr.into())),
+            Some(Err(err)) => {
+                let _ = self.persisted(mesh);
+                Err(failure(&err))
+            }
+            None => Err(IpamFailure::Failed("IPAM is not running".to_owned())),
         };
         let _ = reply.send(answer);
     }

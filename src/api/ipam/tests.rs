@@ -45,7 +45,7 @@ async fn start(tag: &str, init: &str) -> Daemon {
         let state = Arc::new(State::open(&state_dir).expect("state"));
         let mut mesh = Mesh::new(MeshConfig::new(ME, "me".to_owned(), 1), Instant::now());
         let mut service =
-            IpamService::start(&settings, 0, ME, state, &mut mesh).expect("IPAM starts");
+            IpamService::start(&settings, 0, ME, true, state, &mut mesh).expect("IPAM starts");
         while let Some(request) = rx.blocking_recv() {
             match request {
                 Request::Report(reply) => {
@@ -135,6 +135,10 @@ async fn weave_shaped_endpoints() {
     assert_eq!(ok(&call(a, "DELETE", "/ip/db").await), "");
     assert_eq!(call(a, "GET", "/ip/db/198.18.5.0/24").await.status, 404);
     assert_eq!(ok(&call(a, "GET", "/ring").await), "");
+    assert_eq!(
+        ok(&call(a, "GET", "/ipinfo/defaultsubnet").await),
+        "198.18.0.0/16"
+    );
     // Identities with odd characters travel percent-encoded.
     assert_eq!(
         ok(&call(a, "POST", "/ip/weave:expose").await),

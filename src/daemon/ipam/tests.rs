@@ -55,7 +55,7 @@ impl Node {
         let state = Arc::new(State::open(&dir.0).expect("state opens"));
         let mut mesh = Mesh::new(MeshConfig::new(ME, "me".to_owned(), 7), Instant::now());
         let service =
-            IpamService::start(settings, 0, ME, state.clone(), &mut mesh).expect("starts");
+            IpamService::start(settings, 0, ME, false, state.clone(), &mut mesh).expect("starts");
         Self {
             state,
             mesh,
@@ -285,6 +285,17 @@ fn a_lone_consensus_peer_makes_its_ring_when_asked() {
     assert_eq!(node.now(|reply| IpamRequest::Prime { reply }), Ok(()));
     assert_eq!(node.allocate("web"), Ok(net("198.18.0.1/16")));
     assert_eq!(node.report().seeds, [ME.to_string()]);
+}
+
+/// The first allocation makes the ring and is answered within the same request (the
+/// core finishes it inside the call; its event must still reach the caller).
+#[test]
+fn a_lone_consensus_peer_answers_the_first_allocation_without_prime() {
+    let dir = TempDir::new("consensus-first");
+    let mut node = Node::start(&dir, &settings("consensus"));
+    node.reclaim(Vec::new());
+    assert_eq!(node.allocate("web"), Ok(net("198.18.0.1/16")));
+    assert_eq!(node.report().status, "ready");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! A real Docker container for end-to-end tests, when Docker works here: the engine may
 //! have no registry access and no images, so the image is made locally from the host's
 //! own `sleep` and C library (`docker import`); container and image are removed on drop.
-//! (The same helper as in e2e_attach.rs, shared here for other tests.)
+//! Shared by the end-to-end tests that attach Docker containers.
 
 use std::process::Command;
 

@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
 
+use lab::weave::weave;
 use lab::{Container, Host, Lab, Node, Output, wait_until};
 use serde_json::Value;
 
@@ -33,14 +34,6 @@ fn launch(host: &Host) {
         "198.18.0.0/15",
     ])
     .expect_ok();
-}
-
-/// `weave ARGS...` on `host`, expected to succeed; returns its stdout.
-#[track_caller]
-fn weave(host: &Host, args: &[&str]) -> String {
-    let mut argv = vec!["weave"];
-    argv.extend_from_slice(args);
-    host.run(&argv).expect_ok().stdout
 }
 
 /// `weave ARGS...` on `host`, expected to fail with `code` and say `why` on stderr.

@@ -10,8 +10,8 @@ mod lab;
 
 use std::time::Duration;
 
+use lab::weave::{report, wait_established, weave};
 use lab::{Container, Host, Lab, Proc, wait_until};
-use serde_json::Value;
 
 const WEAVE: &str = env!("CARGO_BIN_EXE_weave");
 const WAIT: Duration = Duration::from_secs(30);
@@ -31,40 +31,6 @@ fn launch(host: &Host, args: &[&str]) {
     ];
     argv.extend_from_slice(args);
     host.run(&argv).expect_ok();
-}
-
-#[track_caller]
-fn weave(host: &Host, args: &[&str]) -> String {
-    let mut argv = vec!["weave"];
-    argv.extend_from_slice(args);
-    host.run(&argv).expect_ok().stdout
-}
-
-fn report(host: &Host) -> Value {
-    let out = weave(host, &["report"]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}): {out}"))
-}
-
-fn wait_established(host: &Host, n: usize) {
-    wait_until(
-        &format!("{} has {n} established connections", host.name()),
-        WAIT,
-        POLL,
-        || {
-            let states: Vec<String> = report(host)["Router"]["Connections"]
-                .as_array()
-                .ok_or("no connections")?
-                .iter()
-                .map(|c| c["State"].as_str().unwrap_or_default().to_owned())
-                .collect();
-            if states.iter().filter(|s| *s == "established").count() >= n {
-                Ok(())
-            } else {
-                Err(format!("{states:?}"))
-            }
-        },
-    )
-    .unwrap();
 }
 
 /// `dig +short` in `c` (TCP with `tcp`), lines sorted.

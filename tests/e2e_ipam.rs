@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use lab::weave::{report, wait_established, weave};
 use lab::{Container, Host, Lab, wait_until};
-use serde_json::Value;
 
 const WEAVE: &str = env!("CARGO_BIN_EXE_weave");
 const WAIT: Duration = Duration::from_secs(30);
@@ -90,43 +90,6 @@ fn api_allocate(host: &Host, ident: &str) -> Ipv4Addr {
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("POST /ip/{ident} on {}: {out:?}", host.name()))
-}
-
-/// `weave ARGS...` on `host`, expected to succeed; returns its stdout.
-#[track_caller]
-fn weave(host: &Host, args: &[&str]) -> String {
-    let mut argv = vec!["weave"];
-    argv.extend_from_slice(args);
-    host.run(&argv).expect_ok().stdout
-}
-
-fn report(host: &Host) -> Value {
-    let out = weave(host, &["report"]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}): {out}"))
-}
-
-/// Waits until `host` has `n` established connections.
-fn wait_established(host: &Host, n: usize) {
-    wait_until(
-        &format!("{} has {n} established connections", host.name()),
-        WAIT,
-        POLL,
-        || {
-            let r = report(host);
-            let states: Vec<String> = r["Router"]["Connections"]
-                .as_array()
-                .ok_or("no connections")?
-                .iter()
-                .map(|c| c["State"].as_str().unwrap_or_default().to_owned())
-                .collect();
-            if states.iter().filter(|s| *s == "established").count() == n {
-                Ok(())
-            } else {
-                Err(format!("{states:?}"))
-            }
-        },
-    )
-    .unwrap();
 }
 
 /// Three hosts on the underlay, each launched with the other two as peers.

@@ -9,6 +9,7 @@ mod lab;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use lab::weave::{report, wait_established};
 use lab::{Container, Host, Lab, wait_until};
 use serde_json::Value;
 
@@ -22,35 +23,6 @@ fn launch(host: &Host, args: &[&str]) {
     let mut argv = vec!["weave", "launch", "--nickname", host.name()];
     argv.extend_from_slice(args);
     host.run(&argv).expect_ok();
-}
-
-fn report(host: &Host) -> Value {
-    let out = host.run(&["weave", "report"]).expect_ok();
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", out.stdout))
-}
-
-/// Waits until `host` has `n` established connections.
-fn wait_established(host: &Host, n: usize) {
-    wait_until(
-        &format!("{} has {n} established connections", host.name()),
-        WAIT,
-        POLL,
-        || {
-            let r = report(host);
-            let states: Vec<String> = r["Router"]["Connections"]
-                .as_array()
-                .ok_or("no connections")?
-                .iter()
-                .map(|c| c["State"].as_str().unwrap_or_default().to_owned())
-                .collect();
-            if states.iter().filter(|s| *s == "established").count() == n {
-                Ok(())
-            } else {
-                Err(format!("{states:?}"))
-            }
-        },
-    )
-    .unwrap();
 }
 
 /// Plumbs `c` into `host`'s bridge with `addr`/16 and the overlay MTU from the report.

@@ -30,6 +30,7 @@
 pub(crate) mod docker;
 mod exec;
 mod wait;
+pub(crate) mod weave;
 
 use std::net::Ipv4Addr;
 use std::ops::Deref;

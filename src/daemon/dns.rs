@@ -308,8 +308,8 @@ const UDP_REPLY_ROOM: usize = 1232;
 
 thread_local! {
     /// The serving thread's batch buffers, shared by all its UDP sockets (a socket's
-    /// turn never yields while it holds them): no allocation per query, and no memory
-    /// per container beyond the socket.
+    /// turn never yields while it holds them): allocated once, not per query nor per
+    /// container.
     static UDP_QUEUES: std::cell::RefCell<Option<(RecvQueue, SendQueue)>> =
         const { std::cell::RefCell::new(None) };
 }

@@ -11,6 +11,7 @@
 #
 #   benches/dns_bench.sh              # builds release first
 #   DURATION=5 benches/dns_bench.sh   # shorter runs
+#   WEAVE_BIN=/path/to/weave benches/dns_bench.sh   # that binary, no build (A/B runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,8 +19,8 @@ DURATION=${DURATION:-10}
 NAMES=${NAMES:-100}
 RATE=${RATE:-2000}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build --release --quiet --bin weave
-WEAVE=$(realpath "$TARGET_DIR/release/weave")
+[ -n "${WEAVE_BIN:-}" ] || cargo build --release --quiet --bin weave
+WEAVE=$(realpath "${WEAVE_BIN:-$TARGET_DIR/release/weave}")
 
 P="wd$$"
 H="$P-h"; C="$P-c"

@@ -33,6 +33,30 @@ impl AsRawFd for DataSocket {
     }
 }
 
+impl From<std::net::UdpSocket> for DataSocket {
+    /// Takes over a socket opened elsewhere (the DNS server's, bound in a container's
+    /// namespace); its options and blocking mode stay as they were.
+    fn from(socket: std::net::UdpSocket) -> Self {
+        Self {
+            fd: OwnedFd::from(socket),
+        }
+    }
+}
+
+impl DataSocket {
+    /// Registers the (non-blocking) socket with the current tokio runtime's IO driver,
+    /// for `interest` only. Must be called on a runtime.
+    pub(crate) fn into_async(
+        self,
+        interest: tokio::io::Interest,
+    ) -> io::Result<tokio::io::unix::AsyncFd<Self>> {
+        // SAFETY: a DataSocket owns its descriptor, never replaces it, and closes it
+        // only when dropped, so it stays open and the same for the AsyncFd's lifetime.
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(self, interest) }
+            .map_err(io::Error::from)
+    }
+}
+
 impl DataSocket {
     /// Binds UDP `addr` with socket buffers of about `buffer` bytes each (forced past
     /// the sysctl limits where we may: Weave lost 13-20 % of datagrams with the default

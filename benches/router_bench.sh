@@ -9,11 +9,15 @@
 #
 #   benches/router_bench.sh            # builds release first
 #   DURATION=5 benches/router_bench.sh # shorter runs
+#   DURATION=0 PINGS=1000 benches/router_bench.sh  # latency only, more samples
+#   PING_INTERVAL=0.2 benches/router_bench.sh      # pings further apart (idle path)
 #   WEAVE=path/to/weave benches/router_bench.sh  # a prebuilt binary (no build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
+PINGS=${PINGS:-100}
+PING_INTERVAL=${PING_INTERVAL:-0.01}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 if [ -z "${WEAVE:-}" ]; then
     cargo build --release --quiet --bin weave
@@ -53,15 +57,17 @@ nsx "$H2" ip link set eth0 up
 # iperf3 server runs in namespace $3).
 measure() {
     local from=$1 to=$2 server=$3
-    nsx "$server" iperf3 -s -1 -D -p 5201 >/dev/null
-    sleep 0.3
-    local mbits
-    mbits=$(nsx "$from" iperf3 -c "$to" -p 5201 -t "$DURATION" -f m 2>/dev/null \
-        | awk '/receiver/ { print $7 }')
+    local mbits=0
+    if [ "$DURATION" != 0 ]; then
+        nsx "$server" iperf3 -s -1 -D -p 5201 >/dev/null
+        sleep 0.3
+        mbits=$(nsx "$from" iperf3 -c "$to" -p 5201 -t "$DURATION" -f m 2>/dev/null \
+            | awk '/receiver/ { print $7 }')
+    fi
     # Average (the figure compared with the baseline) and median (steadier when the
     # machine is busy) of the round trips.
     local rtts
-    rtts=$(nsx "$from" ping -n -c 100 -i 0.01 "$to" | sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' \
+    rtts=$(nsx "$from" ping -n -c "$PINGS" -i "$PING_INTERVAL" "$to" | sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' \
         | sort -g | awk '{ v[NR] = $1; s += $1 }
             END { if (NR) printf "%.3f %.3f", s / NR, v[int((NR + 1) / 2)]; else print "nan nan" }')
     echo "${mbits:-0} ${rtts}"

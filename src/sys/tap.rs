@@ -172,7 +172,17 @@ impl TapFd {
     /// Writes one whole frame; if the device queue is full, waits for room up to
     /// `patience`, then gives up with `WouldBlock`.
     pub(crate) fn write(&self, frame: &[u8], patience: std::time::Duration) -> io::Result<()> {
-        match write_fd(&self.fd, frame) {
+        self.patiently(patience, || write_fd(&self.fd, frame))
+    }
+
+    /// Runs `write`; if the device queue was full, waits for room up to `patience` and
+    /// runs it once more.
+    fn patiently(
+        &self,
+        patience: std::time::Duration,
+        write: impl Fn() -> io::Result<()>,
+    ) -> io::Result<()> {
+        match write() {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let mut pfd = libc::pollfd {
                     fd: self.fd.as_raw_fd(),
@@ -182,7 +192,7 @@ impl TapFd {
                 let ms = libc::c_int::try_from(patience.as_millis()).unwrap_or(libc::c_int::MAX);
                 // SAFETY: `pfd` is one valid pollfd, borrowed for the call.
                 unsafe { libc::poll(&raw mut pfd, 1, ms) };
-                write_fd(&self.fd, frame)
+                write()
             }
             other => other,
         }
@@ -213,29 +223,9 @@ impl TapFd {
             // SAFETY: both iovecs point at live slices of the lengths given; writev
             // only reads them.
             let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
-            match usize::try_from(n) {
-                Ok(n) if n == total => Ok(()),
-                Ok(n) => Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    format!("TAP took {n} of {total} bytes"),
-                )),
-                Err(_) => Err(io::Error::last_os_error()),
-            }
+            whole_frame(n, total)
         };
-        match once() {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let mut pfd = libc::pollfd {
-                    fd: self.fd.as_raw_fd(),
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                let ms = libc::c_int::try_from(patience.as_millis()).unwrap_or(libc::c_int::MAX);
-                // SAFETY: `pfd` is one valid pollfd, borrowed for the call.
-                unsafe { libc::poll(&raw mut pfd, 1, ms) };
-                once()
-            }
-            other => other,
-        }
+        self.patiently(patience, once)
     }
 }
 
@@ -254,12 +244,17 @@ fn read_fd(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
 fn write_fd(fd: &OwnedFd, frame: &[u8]) -> io::Result<()> {
     // SAFETY: `frame` is valid for reads of `frame.len()` bytes and `fd` is open.
     let n = unsafe { libc::write(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+    whole_frame(n, frame.len())
+}
+
+/// What a write(2) or writev(2) of a `total`-byte frame that returned `n` amounts to.
+fn whole_frame(n: isize, total: usize) -> io::Result<()> {
     match usize::try_from(n) {
-        Ok(n) if n == frame.len() => Ok(()),
+        Ok(n) if n == total => Ok(()),
         // A TAP write is all-or-nothing; anything else means the frame was not sent.
         Ok(n) => Err(io::Error::new(
             io::ErrorKind::WriteZero,
-            format!("TAP took {n} of {} bytes", frame.len()),
+            format!("TAP took {n} of {total} bytes"),
         )),
         Err(_) => Err(io::Error::last_os_error()),
     }

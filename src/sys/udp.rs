@@ -188,16 +188,7 @@ impl DataSocket {
     pub(crate) fn recv(&self, q: &mut RecvQueue, wait: bool) -> io::Result<usize> {
         let n = q.bufs.len();
         for i in 0..n {
-            q.iovs[i] = libc::iovec {
-                iov_base: q.bufs[i].as_mut_ptr().cast(),
-                iov_len: q.bufs[i].len(),
-            };
-            // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
-            q.hdrs[i] = unsafe { zeroed() };
-            q.hdrs[i].msg_hdr.msg_iov = &raw mut q.iovs[i];
-            q.hdrs[i].msg_hdr.msg_iovlen = 1;
-            q.hdrs[i].msg_hdr.msg_name = (&raw mut q.addrs[i]).cast();
-            q.hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            q.hdrs[i] = header(&mut q.bufs[i], &mut q.iovs[i], &mut q.addrs[i]);
         }
         // SAFETY: every header points at a live iovec, buffer and address of this
         // queue, which stays borrowed mutably for the whole call; `n` is their count.
@@ -232,23 +223,7 @@ impl DataSocket {
 
     /// Sends one datagram now (control messages: heartbeats, probes, acks).
     pub(crate) fn send_to(&self, datagram: &[u8], to: SocketAddrV4) -> io::Result<()> {
-        let sa = sockaddr(to);
-        // SAFETY: `datagram` and `sa` are valid for reads of the sizes given.
-        let rc = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                datagram.as_ptr().cast(),
-                datagram.len(),
-                0,
-                (&raw const sa).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        send_one(&self.fd, datagram, to)
     }
 
     /// Sends every datagram queued, in order, and empties the queue. A datagram the
@@ -261,17 +236,9 @@ impl DataSocket {
     ) {
         let n = q.count;
         for i in 0..n {
-            q.iovs[i] = libc::iovec {
-                iov_base: q.bufs[i].as_mut_ptr().cast(),
-                iov_len: q.lens[i],
-            };
             q.addrs[i] = sockaddr(q.dests[i]);
-            // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
-            q.hdrs[i] = unsafe { zeroed() };
-            q.hdrs[i].msg_hdr.msg_iov = &raw mut q.iovs[i];
-            q.hdrs[i].msg_hdr.msg_iovlen = 1;
-            q.hdrs[i].msg_hdr.msg_name = (&raw mut q.addrs[i]).cast();
-            q.hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let len = q.lens[i];
+            q.hdrs[i] = header(&mut q.bufs[i][..len], &mut q.iovs[i], &mut q.addrs[i]);
         }
         let mut at = 0;
         while at < n {
@@ -299,6 +266,44 @@ impl DataSocket {
         }
         q.count = 0;
     }
+}
+
+/// Sends `datagram` to `to` on the UDP or raw socket `fd`, now (no batching).
+fn send_one(fd: &OwnedFd, datagram: &[u8], to: SocketAddrV4) -> io::Result<()> {
+    let sa = sockaddr(to);
+    // SAFETY: `datagram` and `sa` are valid for reads of the sizes given.
+    let rc = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            datagram.as_ptr().cast(),
+            datagram.len(),
+            0,
+            (&raw const sa).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// A recvmmsg / sendmmsg header for one datagram: `buf` (through `iov`, which is set
+/// to it) and the address slot `addr`. The header points at `iov` and `addr` and `iov`
+/// at `buf`, so all three must stay where they are, untouched, until the call is made.
+fn header(buf: &mut [u8], iov: &mut libc::iovec, addr: &mut libc::sockaddr_in) -> libc::mmsghdr {
+    *iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
+    let mut hdr: libc::mmsghdr = unsafe { zeroed() };
+    hdr.msg_hdr.msg_iov = iov;
+    hdr.msg_hdr.msg_iovlen = 1;
+    hdr.msg_hdr.msg_name = std::ptr::from_mut(addr).cast();
+    hdr.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    hdr
 }
 
 fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
@@ -496,22 +501,6 @@ impl ProbeSocket {
         scratch.extend_from_slice(&(total - 20).to_be_bytes());
         scratch.extend_from_slice(&[0, 0]);
         scratch.extend_from_slice(payload);
-        let sa = sockaddr(to);
-        // SAFETY: `scratch` and `sa` are valid for reads of the sizes given.
-        let rc = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                scratch.as_ptr().cast(),
-                scratch.len(),
-                0,
-                (&raw const sa).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        send_one(&self.fd, scratch, to)
     }
 }

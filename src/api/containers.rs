@@ -22,10 +22,10 @@ use axum::routing::{get, post};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use super::{bad_request, form, parse_bool, shutting_down, text};
+use super::{Refusal, answer, bad_request, done, form, one_line, parse_bool, text};
 use crate::control::{
-    AttachSpec, DaemonHandle, DetachSpec, Gone, PlumbError, Target, check_container_name,
-    parse_cidr, show_ips,
+    AttachSpec, DaemonHandle, DetachSpec, PlumbError, Target, check_container_name, parse_cidr,
+    show_ips,
 };
 
 /// Adds the container endpoints to the control API.
@@ -209,25 +209,13 @@ fn json_response(value: &impl Serialize) -> Response {
     }
 }
 
-fn refused(err: &PlumbError) -> Response {
-    let code = match err {
-        PlumbError::Invalid(_) => StatusCode::BAD_REQUEST,
-        PlumbError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    // One line, whatever the kernel or Docker said.
-    let reason = err.to_string().replace(['\n', '\r'], " ");
-    text(code, reason)
-}
-
-/// Renders the daemon's answer: `ok` on success, the refusal or 503 otherwise.
-fn answer<T>(
-    result: Result<Result<T, PlumbError>, Gone>,
-    ok: impl FnOnce(T) -> Response,
-) -> Response {
-    match result {
-        Ok(Ok(value)) => ok(value),
-        Ok(Err(err)) => refused(&err),
-        Err(gone) => shutting_down(gone),
+impl Refusal for PlumbError {
+    fn response(self) -> Response {
+        let code = match self {
+            Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        one_line(code, &self)
     }
 }
 
@@ -262,7 +250,7 @@ async fn detach(
         Ok(spec) => spec,
         Err(why) => return bad_request(why),
     };
-    answer(handle.detach(spec).await, |()| text(StatusCode::OK, ""))
+    answer(handle.detach(spec).await, done)
 }
 
 async fn expose(
@@ -296,7 +284,7 @@ async fn hide(
         Ok(addrs) => addrs,
         Err(why) => return bad_request(why),
     };
-    answer(handle.hide(addrs).await, |()| text(StatusCode::OK, ""))
+    answer(handle.hide(addrs).await, done)
 }
 
 async fn ps(

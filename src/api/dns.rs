@@ -29,7 +29,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use super::{bad_request, form_fields, shutting_down, text};
+use super::{answer, bad_request, done, form_fields, settled, shutting_down, text};
 use crate::control::dns::EXTERN_OWNER;
 use crate::control::{DaemonHandle, Gone, PsEntry, Target};
 use crate::daemon::dns::WEAVE_DNS_ADDR;
@@ -47,14 +47,6 @@ pub(super) fn routes(router: Router<DaemonHandle>) -> Router<DaemonHandle> {
         .route("/dns-add", post(dns_add))
         .route("/dns-remove", post(dns_remove))
         .route("/lookup/{name}", get(lookup))
-}
-
-fn answer<T>(result: Result<Result<T, String>, Gone>, ok: impl FnOnce(T) -> Response) -> Response {
-    match result {
-        Ok(Ok(value)) => ok(value),
-        Ok(Err(why)) => bad_request(why),
-        Err(gone) => shutting_down(gone),
-    }
 }
 
 async fn domain(State(handle): State<DaemonHandle>) -> Response {
@@ -119,15 +111,12 @@ async fn add(
     let owner = if cid == EXTERN_OWNER {
         cid
     } else {
-        match attached(&handle, &cid).await {
-            Ok(Ok(entry)) => entry.id,
-            Ok(Err(why)) => return bad_request(why),
-            Err(gone) => return shutting_down(gone),
+        match settled(attached(&handle, &cid).await) {
+            Ok(entry) => entry.id,
+            Err(refusal) => return refusal,
         }
     };
-    answer(handle.dns_add(fqdn, vec![addr], owner).await, |_| {
-        text(StatusCode::OK, "")
-    })
+    answer(handle.dns_add(fqdn, vec![addr], owner).await, done)
 }
 
 async fn remove(
@@ -160,9 +149,7 @@ async fn remove(
             Err(gone) => return shutting_down(gone),
         },
     };
-    answer(handle.dns_remove(owner, addr, fqdn).await, |_| {
-        text(StatusCode::OK, "")
-    })
+    answer(handle.dns_remove(owner, addr, fqdn).await, done)
 }
 
 async fn remove_all(
@@ -283,10 +270,9 @@ async fn dns_add(
             (EXTERN_OWNER.to_owned(), form.addrs, fqdn)
         }
         Some(target) => {
-            let entry = match attached(&handle, &ps_reference(target)).await {
-                Ok(Ok(entry)) => entry,
-                Ok(Err(why)) => return bad_request(why),
-                Err(gone) => return shutting_down(gone),
+            let entry = match settled(attached(&handle, &ps_reference(target)).await) {
+                Ok(entry) => entry,
+                Err(refusal) => return refusal,
             };
             let Some(name) = form.fqdn.or(entry.name) else {
                 return bad_request(format!(
@@ -301,9 +287,7 @@ async fn dns_add(
             (entry.id, addrs, name)
         }
     };
-    answer(handle.dns_add(name, addrs, owner).await, |_| {
-        text(StatusCode::OK, "")
-    })
+    answer(handle.dns_add(name, addrs, owner).await, done)
 }
 
 async fn dns_remove(
@@ -320,10 +304,9 @@ async fn dns_remove(
             return bad_request("give a container, or -h FQDN");
         }
         None => None,
-        Some(target) => match attached(&handle, &ps_reference(target)).await {
-            Ok(Ok(entry)) => Some(entry.id),
-            Ok(Err(why)) => return bad_request(why),
-            Err(gone) => return shutting_down(gone),
+        Some(target) => match settled(attached(&handle, &ps_reference(target)).await) {
+            Ok(entry) => Some(entry.id),
+            Err(refusal) => return refusal,
         },
     };
     let addrs: Vec<Option<Ipv4Addr>> = if form.addrs.is_empty() {
@@ -332,13 +315,13 @@ async fn dns_remove(
         form.addrs.into_iter().map(Some).collect()
     };
     for addr in addrs {
-        match handle
-            .dns_remove(owner.clone(), addr, form.fqdn.clone())
-            .await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(why)) => return bad_request(why),
-            Err(gone) => return shutting_down(gone),
+        match settled(
+            handle
+                .dns_remove(owner.clone(), addr, form.fqdn.clone())
+                .await,
+        ) {
+            Ok(_) => {}
+            Err(refusal) => return refusal,
         }
     }
     text(StatusCode::OK, "")

@@ -33,9 +33,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use weave_ipam::{Cidr, IpamStatus, OwnerStatus};
 
-use super::{bad_request, shutting_down, text};
+use super::{Refusal, answer, bad_request, done, one_line, shutting_down, text};
+use crate::control::DaemonHandle;
 use crate::control::ipam::IpamFailure;
-use crate::control::{DaemonHandle, Gone};
 use crate::daemon::ipam::parse_cidr;
 use crate::report::Report;
 use crate::report::ipam::IpamReport;
@@ -55,24 +55,15 @@ pub(super) fn routes(router: Router<DaemonHandle>) -> Router<DaemonHandle> {
         .route("/peer/{peer}", axum::routing::delete(rmpeer))
 }
 
-fn refused(err: &IpamFailure) -> Response {
-    let code = match err {
-        IpamFailure::Invalid(_) => StatusCode::BAD_REQUEST,
-        IpamFailure::NotFound(_) => StatusCode::NOT_FOUND,
-        IpamFailure::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        IpamFailure::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    text(code, err.to_string().replace(['\n', '\r'], " "))
-}
-
-fn answer<T>(
-    result: Result<Result<T, IpamFailure>, Gone>,
-    ok: impl FnOnce(T) -> Response,
-) -> Response {
-    match result {
-        Ok(Ok(value)) => ok(value),
-        Ok(Err(err)) => refused(&err),
-        Err(gone) => shutting_down(gone),
+impl Refusal for IpamFailure {
+    fn response(self) -> Response {
+        let code = match self {
+            Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        one_line(code, &self)
     }
 }
 
@@ -126,9 +117,7 @@ async fn claim(
         Ok(addr) => addr,
         Err(why) => return bad_request(why),
     };
-    answer(handle.ipam_claim(id, addr).await, |_| {
-        text(StatusCode::OK, "")
-    })
+    answer(handle.ipam_claim(id, addr).await, done)
 }
 
 async fn lookup(State(handle): State<DaemonHandle>, Path(id): Path<String>) -> Response {
@@ -168,15 +157,11 @@ async fn free(
     let Ok(addr) = ip.parse::<Ipv4Addr>() else {
         return bad_request(format!("{ip:?} is not an IPv4 address"));
     };
-    answer(handle.ipam_free(id, addr).await, |()| {
-        text(StatusCode::OK, "")
-    })
+    answer(handle.ipam_free(id, addr).await, done)
 }
 
 async fn free_ident(State(handle): State<DaemonHandle>, Path(id): Path<String>) -> Response {
-    answer(handle.ipam_free_ident(id).await, |_| {
-        text(StatusCode::OK, "")
-    })
+    answer(handle.ipam_free_ident(id).await, done)
 }
 
 async fn prime(State(handle): State<DaemonHandle>) -> Response {
@@ -189,7 +174,7 @@ async fn prime(State(handle): State<DaemonHandle>) -> Response {
             };
             text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}: {status}"))
         }
-        other => answer(other, |()| text(StatusCode::OK, "")),
+        other => answer(other, done),
     }
 }
 

@@ -119,6 +119,50 @@ fn shutting_down(_: Gone) -> Response {
     text(StatusCode::SERVICE_UNAVAILABLE, "weave is shutting down")
 }
 
+/// 200 with an empty body: what a command that did its work answers.
+fn done<T>(_: T) -> Response {
+    text(StatusCode::OK, "")
+}
+
+/// `err` as a one-line reason (whatever the kernel or Docker said) with status `code`.
+fn one_line(code: StatusCode, err: &impl std::fmt::Display) -> Response {
+    text(code, err.to_string().replace(['\n', '\r'], " "))
+}
+
+/// Why the daemon refused a request, and what the client is told for it.
+trait Refusal {
+    fn response(self) -> Response;
+}
+
+/// A plain reason: the request was bad.
+impl Refusal for String {
+    fn response(self) -> Response {
+        bad_request(self)
+    }
+}
+
+/// The daemon's answer to a request as its value, or the response that says why there
+/// is none: the refusal, or 503 while it shuts down.
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the handler's own answer, returned at once"
+)]
+fn settled<T, E: Refusal>(result: Result<Result<T, E>, Gone>) -> Result<T, Response> {
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(err.response()),
+        Err(gone) => Err(shutting_down(gone)),
+    }
+}
+
+/// Renders the daemon's answer: `ok` on success, the refusal or 503 otherwise.
+fn answer<T, E: Refusal>(
+    result: Result<Result<T, E>, Gone>,
+    ok: impl FnOnce(T) -> Response,
+) -> Response {
+    settled(result).map_or_else(|refusal| refusal, ok)
+}
+
 async fn not_found(uri: Uri) -> Response {
     text(
         StatusCode::NOT_FOUND,
@@ -233,11 +277,7 @@ async fn connect(
     if form.peers.is_empty() && !form.replace {
         return bad_request("no peer given");
     }
-    match handle.connect(form.peers, form.replace).await {
-        Ok(Ok(())) => text(StatusCode::OK, ""),
-        Ok(Err(why)) => bad_request(why),
-        Err(gone) => shutting_down(gone),
-    }
+    answer(handle.connect(form.peers, form.replace).await, done)
 }
 
 async fn forget(
@@ -252,11 +292,7 @@ async fn forget(
     if form.peers.is_empty() {
         return bad_request("no peer given");
     }
-    match handle.forget(form.peers).await {
-        Ok(Ok(())) => text(StatusCode::OK, ""),
-        Ok(Err(why)) => bad_request(why),
-        Err(gone) => shutting_down(gone),
-    }
+    answer(handle.forget(form.peers).await, done)
 }
 
 async fn stop(

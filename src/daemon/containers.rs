@@ -386,19 +386,28 @@ fn parse_inspect(out: &str) -> Result<DockerContainer, String> {
     })
 }
 
-async fn docker_inspect(container: &str) -> Result<DockerContainer, PlumbError> {
+/// Runs `docker inspect --type container --format FORMAT CONTAINER`, for at most
+/// [`DOCKER_TIMEOUT`] (`Err`: it did not answer in time).
+pub(crate) async fn docker_inspect_output(
+    container: &str,
+    format: &str,
+) -> Result<std::io::Result<std::process::Output>, tokio::time::error::Elapsed> {
     let mut cmd = tokio::process::Command::new("docker");
     cmd.args([
         "inspect",
         "--type",
         "container",
         "--format",
-        DOCKER_FORMAT,
+        format,
         container,
     ])
     .stdin(std::process::Stdio::null())
     .kill_on_drop(true);
-    let out = match tokio::time::timeout(DOCKER_TIMEOUT, cmd.output()).await {
+    tokio::time::timeout(DOCKER_TIMEOUT, cmd.output()).await
+}
+
+async fn docker_inspect(container: &str) -> Result<DockerContainer, PlumbError> {
+    let out = match docker_inspect_output(container, DOCKER_FORMAT).await {
         Err(_) => {
             return Err(PlumbError::Failed(format!(
                 "docker inspect {container} did not answer within {} s",

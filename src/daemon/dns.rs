@@ -67,6 +67,7 @@ use weave_dns::{
 };
 use weave_mesh::{Mesh, PeerName};
 
+use super::containers::docker_inspect_output;
 use super::state::State;
 use crate::control::DaemonHandle;
 use crate::control::dns::{DnsEntry, DnsRequest};
@@ -688,18 +689,7 @@ fn netns_resolv_conf(name: &str) -> Result<PathBuf, String> {
 }
 
 async fn docker_resolv_conf(id: &str) -> Result<PathBuf, String> {
-    let mut cmd = tokio::process::Command::new("docker");
-    cmd.args([
-        "inspect",
-        "--type",
-        "container",
-        "--format",
-        "{{.ResolvConfPath}}",
-        id,
-    ])
-    .stdin(std::process::Stdio::null())
-    .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(10), cmd.output())
+    let out = docker_inspect_output(id, "{{.ResolvConfPath}}")
         .await
         .map_err(|_| "docker inspect timed out".to_owned())?
         .map_err(|e| format!("cannot run docker inspect: {e}"))?;

@@ -186,16 +186,17 @@ impl DataSocket {
     /// receive timeout) for the first, else takes only what is there. Returns how many
     /// arrived; 0 on timeout or when none was there.
     pub(crate) fn recv(&self, q: &mut RecvQueue, wait: bool) -> io::Result<usize> {
-        let n = q.bufs.len();
+        let n = q.slots.bufs.len();
         for i in 0..n {
-            q.hdrs[i] = header(&mut q.bufs[i], &mut q.iovs[i], &mut q.addrs[i]);
+            let len = q.slots.bufs[i].len();
+            q.slots.point(i, len);
         }
         // SAFETY: every header points at a live iovec, buffer and address of this
         // queue, which stays borrowed mutably for the whole call; `n` is their count.
         let rc = unsafe {
             libc::recvmmsg(
                 self.fd.as_raw_fd(),
-                q.hdrs.as_mut_ptr(),
+                q.slots.hdrs.as_mut_ptr(),
                 n as libc::c_uint,
                 if wait {
                     libc::MSG_WAITFORONE
@@ -236,9 +237,9 @@ impl DataSocket {
     ) {
         let n = q.count;
         for i in 0..n {
-            q.addrs[i] = sockaddr(q.dests[i]);
+            q.slots.addrs[i] = sockaddr(q.dests[i]);
             let len = q.lens[i];
-            q.hdrs[i] = header(&mut q.bufs[i][..len], &mut q.iovs[i], &mut q.addrs[i]);
+            q.slots.point(i, len);
         }
         let mut at = 0;
         while at < n {
@@ -247,7 +248,7 @@ impl DataSocket {
             let rc = unsafe {
                 libc::sendmmsg(
                     self.fd.as_raw_fd(),
-                    q.hdrs[at..].as_mut_ptr(),
+                    q.slots.hdrs[at..].as_mut_ptr(),
                     (n - at) as libc::c_uint,
                     0,
                 )
@@ -289,23 +290,6 @@ fn send_one(fd: &OwnedFd, datagram: &[u8], to: SocketAddrV4) -> io::Result<()> {
     }
 }
 
-/// A recvmmsg / sendmmsg header for one datagram: `buf` (through `iov`, which is set
-/// to it) and the address slot `addr`. The header points at `iov` and `addr` and `iov`
-/// at `buf`, so all three must stay where they are, untouched, until the call is made.
-fn header(buf: &mut [u8], iov: &mut libc::iovec, addr: &mut libc::sockaddr_in) -> libc::mmsghdr {
-    *iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
-    let mut hdr: libc::mmsghdr = unsafe { zeroed() };
-    hdr.msg_hdr.msg_iov = iov;
-    hdr.msg_hdr.msg_iovlen = 1;
-    hdr.msg_hdr.msg_name = std::ptr::from_mut(addr).cast();
-    hdr.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    hdr
-}
-
 fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -324,27 +308,61 @@ fn from_sockaddr(sa: &libc::sockaddr_in) -> SocketAddrV4 {
     )
 }
 
-/// Buffers for one [`DataSocket::recv`]: `n` datagrams of up to `size` bytes.
-pub(crate) struct RecvQueue {
+/// `n` buffers of `size` bytes, each with the iovec, header and address a recvmmsg or
+/// sendmmsg call needs for it: what [`RecvQueue`] and [`SendQueue`] are made of.
+struct Slots {
     bufs: Vec<Box<[u8]>>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     addrs: Vec<libc::sockaddr_in>,
-    count: usize,
 }
 
-// SAFETY: the raw pointers inside `iovs` and `hdrs` only ever point into this queue's
+// SAFETY: the raw pointers inside `iovs` and `hdrs` only ever point into these slots'
 // own buffers, and are rebuilt before each use; nothing else aliases them.
-unsafe impl Send for RecvQueue {}
+unsafe impl Send for Slots {}
 
-impl RecvQueue {
-    pub(crate) fn new(n: usize, size: usize) -> Self {
+impl Slots {
+    fn new(n: usize, size: usize) -> Self {
         Self {
             bufs: (0..n).map(|_| vec![0u8; size].into_boxed_slice()).collect(),
             // SAFETY: all-zero iovecs, headers and addresses are valid values.
             iovs: (0..n).map(|_| unsafe { zeroed() }).collect(),
             hdrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
             addrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
+        }
+    }
+
+    /// Rebuilds header `i` for the next call: it points at iovec `i` and address `i`,
+    /// the iovec at the first `len` bytes of buffer `i`.
+    fn point(&mut self, i: usize, len: usize) {
+        self.iovs[i] = libc::iovec {
+            iov_base: self.bufs[i].as_mut_ptr().cast(),
+            iov_len: len.min(self.bufs[i].len()),
+        };
+        // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
+        self.hdrs[i] = unsafe { zeroed() };
+        self.hdrs[i].msg_hdr.msg_iov = &raw mut self.iovs[i];
+        self.hdrs[i].msg_hdr.msg_iovlen = 1;
+        self.hdrs[i].msg_hdr.msg_name = (&raw mut self.addrs[i]).cast();
+        self.hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    }
+
+    /// How many bytes the last recvmmsg put in buffer `i` (at most its size).
+    fn received(&self, i: usize) -> usize {
+        (self.hdrs[i].msg_len as usize).min(self.bufs[i].len())
+    }
+}
+
+/// Buffers for one [`DataSocket::recv`]: `n` datagrams of up to `size` bytes.
+pub(crate) struct RecvQueue {
+    slots: Slots,
+    count: usize,
+}
+
+impl RecvQueue {
+    pub(crate) fn new(n: usize, size: usize) -> Self {
+        Self {
+            slots: Slots::new(n, size),
             count: 0,
         }
     }
@@ -356,45 +374,34 @@ impl RecvQueue {
 
     /// The bytes of datagram `i` (after [`Self::datagram`] decrypted them in place).
     pub(crate) fn bytes(&self, i: usize) -> &[u8] {
-        let len = (self.hdrs[i].msg_len as usize).min(self.bufs[i].len());
-        &self.bufs[i][..len]
+        let len = self.slots.received(i);
+        &self.slots.bufs[i][..len]
     }
 
     /// Datagram `i`: its bytes (mutable, for decryption in place), where it came from,
     /// and whether it was cut short (bigger than the buffer).
     pub(crate) fn datagram(&mut self, i: usize) -> (&mut [u8], SocketAddrV4, bool) {
-        let len = (self.hdrs[i].msg_len as usize).min(self.bufs[i].len());
-        let truncated = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-        let from = from_sockaddr(&self.addrs[i]);
-        (&mut self.bufs[i][..len], from, truncated)
+        let len = self.slots.received(i);
+        let truncated = self.slots.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        let from = from_sockaddr(&self.slots.addrs[i]);
+        (&mut self.slots.bufs[i][..len], from, truncated)
     }
 }
 
 /// Datagrams waiting for one [`DataSocket::send`]: up to `n` of up to `size` bytes.
 pub(crate) struct SendQueue {
-    bufs: Vec<Box<[u8]>>,
+    slots: Slots,
     lens: Vec<usize>,
     dests: Vec<SocketAddrV4>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-    addrs: Vec<libc::sockaddr_in>,
     count: usize,
 }
-
-// SAFETY: as for RecvQueue, the raw pointers only point into this queue's own buffers
-// and are rebuilt before each use.
-unsafe impl Send for SendQueue {}
 
 impl SendQueue {
     pub(crate) fn new(n: usize, size: usize) -> Self {
         Self {
-            bufs: (0..n).map(|_| vec![0u8; size].into_boxed_slice()).collect(),
+            slots: Slots::new(n, size),
             lens: vec![0; n],
             dests: vec![SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); n],
-            // SAFETY: all-zero iovecs, headers and addresses are valid values.
-            iovs: (0..n).map(|_| unsafe { zeroed() }).collect(),
-            hdrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
-            addrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
             count: 0,
         }
     }
@@ -408,18 +415,21 @@ impl SendQueue {
     }
 
     pub(crate) fn is_full(&self) -> bool {
-        self.count == self.bufs.len()
+        self.count == self.slots.bufs.len()
     }
 
     /// The next free buffer, to build a datagram in; `None` when full (send first).
     pub(crate) fn next_buf(&mut self) -> Option<&mut [u8]> {
-        self.bufs.get_mut(self.count).map(|b| &mut b[..])
+        self.slots.bufs.get_mut(self.count).map(|b| &mut b[..])
     }
 
     /// Queues the first `len` bytes of the buffer [`Self::next_buf`] gave, for `to`.
     pub(crate) fn commit(&mut self, len: usize, to: SocketAddrV4) {
-        assert!(self.count < self.bufs.len(), "commit without a free buffer");
-        self.lens[self.count] = len.min(self.bufs[self.count].len());
+        assert!(
+            self.count < self.slots.bufs.len(),
+            "commit without a free buffer"
+        );
+        self.lens[self.count] = len.min(self.slots.bufs[self.count].len());
         self.dests[self.count] = to;
         self.count += 1;
     }

@@ -17,12 +17,12 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use super::{Refusal, answer, bad_request, done, form, one_line, parse_bool, text};
+use super::{Refusal, answer, bad_request, done, form, json_response, one_line, parse_bool, text};
 use crate::control::{
     AttachSpec, DaemonHandle, DetachSpec, PlumbError, Target, check_container_name, parse_cidr,
     show_ips,
@@ -199,13 +199,12 @@ fn addrs_only(fields: Vec<(String, String)>) -> Result<Vec<Ipv4Net>, String> {
     Ok(addrs)
 }
 
-fn json_response(value: &impl Serialize) -> Response {
-    match serde_json::to_string_pretty(value) {
-        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json + "\n").into_response(),
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding the answer: {e}"),
-        ),
+/// `value` as JSON if the client asked for it (`json`), else as `plain` renders it.
+fn json_or_text<T: Serialize>(json: bool, value: &T, plain: impl FnOnce(&T) -> String) -> Response {
+    if json {
+        json_response(value, "the answer")
+    } else {
+        text(StatusCode::OK, plain(value))
     }
 }
 
@@ -232,11 +231,7 @@ async fn attach(
         Err(why) => return bad_request(why),
     };
     answer(handle.attach(spec).await, |entry| {
-        if json {
-            json_response(&entry)
-        } else {
-            text(StatusCode::OK, show_ips(&entry.addrs))
-        }
+        json_or_text(json, &entry, |entry| show_ips(&entry.addrs))
     })
 }
 
@@ -266,11 +261,7 @@ async fn expose(
         Err(why) => return bad_request(why),
     };
     answer(handle.expose(addrs).await, |exposed| {
-        if json {
-            json_response(&exposed)
-        } else {
-            text(StatusCode::OK, show_ips(&exposed))
-        }
+        json_or_text(json, &exposed, |addrs| show_ips(addrs))
     })
 }
 
@@ -307,11 +298,7 @@ async fn ps(
         Err(why) => return bad_request(why),
     };
     answer(handle.ps(filter).await, |entries| {
-        if json {
-            json_response(&entries)
-        } else {
-            text(StatusCode::OK, crate::status::render_ps(&entries))
-        }
+        json_or_text(json, &entries, |entries| crate::status::render_ps(entries))
     })
 }
 

@@ -23,8 +23,8 @@ use std::net::Ipv4Addr;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::{get, post};
 use ipnet::Ipv4Net;
 use prometheus_client::metrics::counter::Counter;
@@ -33,7 +33,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use weave_ipam::{Cidr, IpamStatus, OwnerStatus};
 
-use super::{Refusal, answer, bad_request, done, one_line, shutting_down, text};
+use super::{Refusal, answer, bad_request, done, json_response, one_line, shutting_down, text};
 use crate::control::DaemonHandle;
 use crate::control::ipam::IpamFailure;
 use crate::daemon::ipam::parse_cidr;
@@ -138,16 +138,9 @@ async fn lookup_in(
 }
 
 async fn owned(State(handle): State<DaemonHandle>) -> Response {
-    answer(
-        handle.ipam_owned().await,
-        |owned| match serde_json::to_string_pretty(&owned) {
-            Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json + "\n").into_response(),
-            Err(e) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("encoding the answer: {e}"),
-            ),
-        },
-    )
+    answer(handle.ipam_owned().await, |owned| {
+        json_response(&owned, "the answer")
+    })
 }
 
 async fn free(

@@ -119,6 +119,17 @@ fn shutting_down(_: Gone) -> Response {
     text(StatusCode::SERVICE_UNAVAILABLE, "weave is shutting down")
 }
 
+/// `value` as pretty JSON; 500 saying what could not be encoded if it cannot be.
+fn json_response(value: &impl serde::Serialize, what: &str) -> Response {
+    match serde_json::to_string_pretty(value) {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json + "\n").into_response(),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding {what}: {e}"),
+        ),
+    }
+}
+
 /// 200 with an empty body: what a command that did its work answers.
 fn done<T>(_: T) -> Response {
     text(StatusCode::OK, "")
@@ -202,14 +213,7 @@ async fn status_view(State(handle): State<DaemonHandle>, Path(view): Path<String
 }
 
 async fn report(State(handle): State<DaemonHandle>) -> Response {
-    with_report(&handle, |r| match serde_json::to_string_pretty(r) {
-        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json + "\n").into_response(),
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding the report: {e}"),
-        ),
-    })
-    .await
+    with_report(&handle, |r| json_response(r, "the report")).await
 }
 
 async fn metrics(State(handle): State<DaemonHandle>) -> Response {

@@ -145,27 +145,17 @@ fn register_data_plane(registry: &mut Registry, report: &Report) {
         "Frames from a peer (or copies of them) the data plane dropped, by reason",
         peer_dropped,
     );
-    let dropped = Family::<ReasonLabels, Counter<u64>>::default();
-    for (reason, n) in &dp.dropped_frames {
-        dropped
-            .get_or_create(&[("reason", reason.clone())])
-            .inc_by(*n);
-    }
-    registry.register(
+    by_reason(
+        registry,
         "weave_dropped_frames",
         "Frames (or copies of them) the data plane dropped, by reason",
-        dropped,
+        &dp.dropped_frames,
     );
-    let rejected = Family::<ReasonLabels, Counter<u64>>::default();
-    for (reason, n) in &dp.rejected_datagrams {
-        rejected
-            .get_or_create(&[("reason", reason.clone())])
-            .inc_by(*n);
-    }
-    registry.register(
+    by_reason(
+        registry,
         "weave_rejected_datagrams",
         "Datagrams received and not used (failed authentication, replayed, unknown sender...), by reason",
-        rejected,
+        &dp.rejected_datagrams,
     );
     let captured = Counter::<u64>::default();
     captured.inc_by(dp.captured_frames);
@@ -181,6 +171,23 @@ fn register_data_plane(registry: &mut Registry, report: &Report) {
         "MTU of containers' overlay interfaces",
         mtu,
     );
+}
+
+/// Registers counter family `name` with a `reason` label, one counter per entry of
+/// `counts`.
+fn by_reason(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    counts: &std::collections::BTreeMap<String, u64>,
+) {
+    let family = Family::<ReasonLabels, Counter<u64>>::default();
+    for (reason, n) in counts {
+        family
+            .get_or_create(&[("reason", reason.clone())])
+            .inc_by(*n);
+    }
+    registry.register(name, help, family);
 }
 
 fn labels(state: &str, kind: &str, encryption: &str) -> ConnectionLabels {

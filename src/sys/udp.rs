@@ -74,19 +74,8 @@ impl DataSocket {
             context: format!("{context} (UDP {addr})"),
             source,
         };
-        // SAFETY: socket(2) with constant arguments; the result is checked.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_UDP,
-            )
-        };
-        if raw < 0 {
-            return Err(io_err("creating the socket", io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a descriptor we just opened and own alone.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = open_socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP)
+            .map_err(|e| io_err("creating the socket", e))?;
         let sock = Self { fd };
         let size = libc::c_int::try_from(buffer).unwrap_or(libc::c_int::MAX);
         for (force, plain) in [
@@ -267,6 +256,17 @@ impl DataSocket {
         }
         q.count = 0;
     }
+}
+
+/// Opens an IPv4 socket of `kind` (SOCK_DGRAM, SOCK_RAW) for `protocol`, close-on-exec.
+fn open_socket(kind: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with plain integer arguments; the result is checked.
+    let raw = unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, protocol) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a descriptor we just opened and own alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// Sends `datagram` to `to` on the UDP or raw socket `fd`, now (no batching).
@@ -468,22 +468,10 @@ impl ProbeSocket {
     /// Probes will come from `src` (an unspecified address lets the kernel pick the
     /// route's source, as for the data socket bound to all addresses).
     pub(crate) fn open(src: SocketAddrV4) -> Result<Self, SysError> {
-        // SAFETY: socket(2) with constant arguments; the result is checked.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_RAW,
-            )
-        };
-        if raw < 0 {
-            return Err(SysError::Io {
-                context: "creating the raw socket for PMTU probes".into(),
-                source: io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: `raw` is a descriptor we just opened and own alone.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = open_socket(libc::SOCK_RAW, libc::IPPROTO_RAW).map_err(|source| SysError::Io {
+            context: "creating the raw socket for PMTU probes".into(),
+            source,
+        })?;
         Ok(Self { fd, src })
     }
 

@@ -154,7 +154,12 @@ impl Ring {
 
     /// Every `(start, end, owner, version)` in token order.
     pub(crate) fn ranges(&self) -> impl Iterator<Item = (u64, u64, RingEntry)> + '_ {
-        let mut iter = self.entries.iter().peekable();
+        self.ranges_from(0)
+    }
+
+    /// The ranges from the one starting at token `first` on, in token order.
+    fn ranges_from(&self, first: u32) -> impl Iterator<Item = (u64, u64, RingEntry)> + '_ {
+        let mut iter = self.entries.range(first..).peekable();
         std::iter::from_fn(move || {
             let (&token, &entry) = iter.next()?;
             let end = iter
@@ -196,15 +201,8 @@ impl Ring {
             .ok()
             .and_then(|lo| self.entry_at(lo))
             .map_or(0, |(t, _)| t);
-        let mut iter = self.entries.range(first..).peekable();
-        while let Some((&token, &entry)) = iter.next() {
-            if u64::from(token) >= hi {
-                break;
-            }
-            let end = iter
-                .peek()
-                .map_or(self.range.end(), |(next, _)| u64::from(**next));
-            let overlap = end.min(hi).saturating_sub(u64::from(token).max(lo));
+        for (start, end, entry) in self.ranges_from(first).take_while(|r| r.0 < hi) {
+            let overlap = end.min(hi).saturating_sub(start.max(lo));
             if overlap > 0 && !entry.is_boundary() {
                 *out.entry(entry.owner).or_insert(0) += overlap;
             }
@@ -218,19 +216,9 @@ impl Ring {
         let Some((first, _)) = u32::try_from(lo).ok().and_then(|lo| self.entry_at(lo)) else {
             return false;
         };
-        let mut iter = self.entries.range(first..).peekable();
-        while let Some((&token, &entry)) = iter.next() {
-            if u64::from(token) >= hi {
-                break;
-            }
-            let end = iter
-                .peek()
-                .map_or(self.range.end(), |(next, _)| u64::from(**next));
-            if end > lo && entry.owner != owner {
-                return false;
-            }
-        }
-        true
+        self.ranges_from(first)
+            .take_while(|r| r.0 < hi)
+            .all(|(_, end, entry)| end <= lo || entry.owner == owner)
     }
 
     /// Joins `incoming` entries into ours. Returns the tokens whose entry changed and

@@ -1005,23 +1005,7 @@ impl Mesh {
                 reply: true,
             },
         );
-        let digests: Vec<(String, Vec<u8>)> = self
-            .channels
-            .iter()
-            .map(|(n, g)| (n.clone(), g.digest()))
-            .collect();
-        for (channel, payload) in digests {
-            self.send(
-                conn_id,
-                &Message::Gossip {
-                    channel,
-                    body: GossipBody::Digest {
-                        payload,
-                        reply: true,
-                    },
-                },
-            );
-        }
+        self.send_channel_digests(conn_id);
         self.events.push_back(Event::ConnectionUp {
             conn: conn_id,
             peer: features.name,
@@ -1282,6 +1266,14 @@ impl Mesh {
         // Usually nothing differs: a hash settles that in 8 bytes.
         let hash = self.topology.digest_hash();
         self.send(conn, &Message::TopologyDigestHash { hash });
+        self.send_channel_digests(conn);
+    }
+
+    // ----- internals: application gossip -----
+
+    /// Sends every channel's digest to `conn`, asking for one back (anti-entropy: each
+    /// side then sends what the other lacks).
+    fn send_channel_digests(&mut self, conn: ConnId) {
         let digests: Vec<(String, Vec<u8>)> = self
             .channels
             .iter()
@@ -1300,8 +1292,6 @@ impl Mesh {
             );
         }
     }
-
-    // ----- internals: application gossip -----
 
     fn call_channel<R>(
         &mut self,

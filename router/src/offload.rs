@@ -57,29 +57,25 @@ impl VnetHdr {
 
     /// Reads the header as the TAP device wrote it (host order).
     pub fn from_native(b: &[u8; VNET_HDR_LEN]) -> Self {
-        let u = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
-        Self {
-            flags: b[0],
-            gso_type: b[1],
-            hdr_len: u(2),
-            gso_size: u(4),
-            csum_start: u(6),
-            csum_offset: u(8),
-        }
+        Self::read(b, u16::from_ne_bytes)
     }
 
     pub fn write_native(&self, out: &mut [u8; VNET_HDR_LEN]) {
-        out[0] = self.flags;
-        out[1] = self.gso_type;
-        out[2..4].copy_from_slice(&self.hdr_len.to_ne_bytes());
-        out[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
-        out[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
-        out[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
+        self.write(out, u16::to_ne_bytes);
     }
 
     /// Reads the header as the sleeve carries it (big-endian).
     pub fn from_wire(b: &[u8; VNET_HDR_LEN]) -> Self {
-        let u = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+        Self::read(b, u16::from_be_bytes)
+    }
+
+    pub fn write_wire(&self, out: &mut [u8; VNET_HDR_LEN]) {
+        self.write(out, u16::to_be_bytes);
+    }
+
+    /// The layout, with the byte order of the 16-bit fields given.
+    fn read(b: &[u8; VNET_HDR_LEN], from_bytes: fn([u8; 2]) -> u16) -> Self {
+        let u = |i: usize| from_bytes([b[i], b[i + 1]]);
         Self {
             flags: b[0],
             gso_type: b[1],
@@ -90,13 +86,18 @@ impl VnetHdr {
         }
     }
 
-    pub fn write_wire(&self, out: &mut [u8; VNET_HDR_LEN]) {
+    fn write(&self, out: &mut [u8; VNET_HDR_LEN], to_bytes: fn(u16) -> [u8; 2]) {
         out[0] = self.flags;
         out[1] = self.gso_type;
-        out[2..4].copy_from_slice(&self.hdr_len.to_be_bytes());
-        out[4..6].copy_from_slice(&self.gso_size.to_be_bytes());
-        out[6..8].copy_from_slice(&self.csum_start.to_be_bytes());
-        out[8..10].copy_from_slice(&self.csum_offset.to_be_bytes());
+        let fields = [
+            self.hdr_len,
+            self.gso_size,
+            self.csum_start,
+            self.csum_offset,
+        ];
+        for (at, field) in (2..).step_by(2).zip(fields) {
+            out[at..at + 2].copy_from_slice(&to_bytes(field));
+        }
     }
 }
 

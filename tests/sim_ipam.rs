@@ -124,9 +124,7 @@ impl World {
         let mut sim = Sim::new(seed);
         sim.link.loss = 0.05;
         let boot: Boot = Rc::new(RefCell::new(vec![None; n]));
-        let names: Vec<PeerName> = (0..n)
-            .map(|i| PeerName::from_u64(0x0200_0000_0000 + i as u64 * 0x1_0001 + 1))
-            .collect();
+        let names: Vec<PeerName> = (0..n).map(Sim::name_for).collect();
         for (i, &name) in names.iter().enumerate() {
             let boot = boot.clone();
             let mut config = IpamConfig::new(range(), init.clone());
@@ -763,11 +761,7 @@ fn many(base: u64, default_count: u64, n: usize, init: impl Fn(usize) -> InitMod
 }
 
 fn seeded(n: usize) -> InitMode {
-    InitMode::Seed(
-        (0..n)
-            .map(|i| PeerName::from_u64(0x0200_0000_0000 + i as u64 * 0x1_0001 + 1))
-            .collect(),
-    )
+    InitMode::Seed((0..n).map(Sim::name_for).collect())
 }
 
 #[test]
@@ -864,11 +858,10 @@ fn range_of(w: &World, h: HostId) -> Cidr {
 /// `init`, none started.
 fn cluster(n: usize, init: &InitMode, seed: u64) -> Sim {
     let mut sim = Sim::new(seed);
-    let (edges, named) = sim::random_underlay(n, n, seed);
-    for (i, peers) in named.into_iter().enumerate() {
+    sim.add_random_hosts(n, n, |i, peers| {
         let config = IpamConfig::new(range(), init.clone());
-        let name = PeerName::from_u64(0x0200_0000_0000 + i as u64 * 0x1_0001 + 1);
-        sim.add_host(HostSpec {
+        let name = Sim::name_for(i);
+        HostSpec {
             peers,
             channels: Some(Box::new(move |_| {
                 let mut ipam = Ipam::new(config.clone(), name).expect("valid config");
@@ -878,9 +871,8 @@ fn cluster(n: usize, init: &InitMode, seed: u64) -> Sim {
                 vec![(CHANNEL.to_owned(), Box::new(ipam) as Box<dyn Gossiper>)]
             })),
             ..HostSpec::default()
-        });
-    }
-    sim.restrict_underlay(&edges);
+        }
+    });
     sim
 }
 

@@ -477,14 +477,9 @@ fn restart_keeps_addresses_and_dead_hosts_range_is_taken_over_with_rmpeer() {
     assert_eq!(owners[0].1, a_before + c_share, "{owners:?}");
     assert_eq!(metric(a, "weave_ipam_unreachable_count"), 0.0);
     // The waiting allocation gets its address now that a owns the subnet.
-    wait_until("the waiting allocation answered", WAIT, POLL, || {
-        if waiting.is_running() {
-            Err("curl still waits".to_owned())
-        } else {
-            Ok(())
-        }
-    })
-    .unwrap();
+    waiting
+        .wait_exit("the waiting allocation answered", WAIT, POLL)
+        .unwrap();
     let got = waiting.log();
     let prefix = subnet
         .split('/')

@@ -97,14 +97,8 @@ fn capture_pings(host: &Host, from: &Container, to: Ipv4Addr) -> String {
         &to.to_string(),
     ])
     .expect_ok();
-    wait_until("tcpdump to finish", Duration::from_secs(15), POLL, || {
-        if cap.is_running() {
-            Err("running")
-        } else {
-            Ok(())
-        }
-    })
-    .unwrap();
+    cap.wait_exit("tcpdump to finish", Duration::from_secs(15), POLL)
+        .unwrap();
     cap.log()
 }
 
@@ -328,14 +322,9 @@ fn wrong_password_can_neither_join_nor_inject() {
         count(&after, "clear_when_keyed") >= count(&before, "clear_when_keyed") + 5,
         "{before} -> {after}"
     );
-    wait_until("tcpdump to finish", Duration::from_secs(10), POLL, || {
-        if watch.is_running() {
-            Err("running")
-        } else {
-            Ok(())
-        }
-    })
-    .unwrap();
+    watch
+        .wait_exit("tcpdump to finish", Duration::from_secs(10), POLL)
+        .unwrap();
     assert!(!watch.log().contains("INJECTED"), "{}", watch.log());
     // The real peers still talk.
     assert!(ca.ping(ip(2)));

@@ -18,6 +18,8 @@
 //! core's persist queue into the host's saved state before anything is crashed: what the
 //! core produced before the crash was on disk before its gossip left.
 
+#[path = "sim/ipam_requests.rs"]
+mod ipam_requests;
 mod sim;
 
 use std::cell::RefCell;
@@ -226,14 +228,8 @@ impl World {
             self.sim
                 .mesh_mut(h)
                 .with_channel::<Ipam, _>(CHANNEL, now, |ipam, _| {
-                    let mut ops = Vec::new();
-                    while let Some(op) = ipam.poll_persist() {
-                        ops.push(op);
-                    }
-                    let mut events = Vec::new();
-                    while let Some(ev) = ipam.poll_event() {
-                        events.push(ev);
-                    }
+                    let ops: Vec<_> = std::iter::from_fn(|| ipam.poll_persist()).collect();
+                    let events: Vec<_> = std::iter::from_fn(|| ipam.poll_event()).collect();
                     (ops, events)
                 })
         else {
@@ -244,33 +240,19 @@ impl World {
             node.saved.apply(op);
         }
         for event in events {
-            match event {
-                IpamEvent::Allocated {
-                    request,
-                    ident,
-                    addr,
-                } => {
-                    if node.pending.remove(&request).is_some() {
-                        node.containers.insert(ident, addr);
-                    }
-                }
-                IpamEvent::Failed { request, ident, .. } => {
-                    // A failed request (or re-claim): the container has no address.
-                    if node.pending.remove(&request).is_some() {
-                        node.containers.remove(&ident);
-                    }
-                }
-                IpamEvent::AddressDisputed { .. } => {
+            match ipam_requests::answer(&mut node.pending, &mut node.containers, event) {
+                Some(IpamEvent::AddressDisputed { .. }) => {
                     self.disputes += 1;
                     self.stats.conflicts += 1;
                 }
-                IpamEvent::Conflict(_) => {
+                Some(event @ IpamEvent::Conflict(_)) => {
                     if std::env::var_os("IPAM_SIM_TRACE").is_some() {
                         eprintln!("host {h}: {event:?}");
                     }
                     self.stats.conflicts += 1;
                 }
-                IpamEvent::RingReady => {}
+                // Answers to requests are applied; a ready ring needs nothing.
+                _ => {}
             }
         }
     }

@@ -14,6 +14,10 @@ use weave_mesh::{GossipContext, GossipError, GossipSend, Gossiper, PeerName};
 
 use crate::{AllocResult, Cidr, InitMode, Ipam, IpamConfig, IpamEvent, RequestId, SavedState};
 
+// Shared with the simulation on the mesh, tests/sim_ipam.rs.
+#[path = "../../tests/sim/ipam_requests.rs"]
+mod requests;
+
 #[derive(Debug, Clone)]
 enum Kind {
     /// A broadcast from `origin`: `merge_received`.
@@ -210,24 +214,10 @@ impl Sim {
             node.saved.apply(&op);
         }
         while let Some(event) = ipam.poll_event() {
-            match event {
-                IpamEvent::Allocated {
-                    request,
-                    ident,
-                    addr,
-                } => {
-                    if node.pending.remove(&request).is_some() {
-                        node.containers.insert(ident, addr);
-                    }
-                }
-                IpamEvent::Failed { request, ident, .. } => {
-                    // A failed re-claim: the container loses its address (detached).
-                    if node.pending.remove(&request).is_some() {
-                        node.containers.remove(&ident);
-                    }
-                }
-                IpamEvent::AddressDisputed { .. } => self.disputes += 1,
-                IpamEvent::RingReady | IpamEvent::Conflict(_) => {}
+            if let Some(IpamEvent::AddressDisputed { .. }) =
+                requests::answer(&mut node.pending, &mut node.containers, event)
+            {
+                self.disputes += 1;
             }
         }
         let sends = node.harness.drain();

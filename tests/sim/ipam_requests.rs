@@ -1,0 +1,38 @@
+//! The containers' side of a simulated IPAM host, shared by the allocator's own
+//! simulation (ipam/src/sim.rs) and the one on the simulated mesh (tests/sim_ipam.rs):
+//! the requests waiting for an address and the addresses containers hold, kept up to date
+//! from the allocator's answers as the daemon keeps them.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use super::{IpamEvent, RequestId};
+
+/// Applies `event` if it answers a request: `Allocated` gives the waiting container its
+/// address, `Failed` (a failed request or re-claim) leaves it without one. Any other
+/// event is returned for the caller.
+pub(crate) fn answer(
+    pending: &mut BTreeMap<RequestId, String>,
+    containers: &mut BTreeMap<String, Ipv4Addr>,
+    event: IpamEvent,
+) -> Option<IpamEvent> {
+    match event {
+        IpamEvent::Allocated {
+            request,
+            ident,
+            addr,
+        } => {
+            if pending.remove(&request).is_some() {
+                containers.insert(ident, addr);
+            }
+            None
+        }
+        IpamEvent::Failed { request, ident, .. } => {
+            if pending.remove(&request).is_some() {
+                containers.remove(&ident);
+            }
+            None
+        }
+        other => Some(other),
+    }
+}

@@ -16,23 +16,20 @@ pub(crate) fn answer(
     containers: &mut BTreeMap<String, Ipv4Addr>,
     event: IpamEvent,
 ) -> Option<IpamEvent> {
-    match event {
+    let (request, ident, addr) = match event {
         IpamEvent::Allocated {
             request,
             ident,
             addr,
-        } => {
-            if pending.remove(&request).is_some() {
-                containers.insert(ident, addr);
-            }
-            None
-        }
-        IpamEvent::Failed { request, ident, .. } => {
-            if pending.remove(&request).is_some() {
-                containers.remove(&ident);
-            }
-            None
-        }
-        other => Some(other),
+        } => (request, ident, Some(addr)),
+        IpamEvent::Failed { request, ident, .. } => (request, ident, None),
+        other => return Some(other),
+    };
+    if pending.remove(&request).is_some() {
+        match addr {
+            Some(addr) => containers.insert(ident, addr),
+            None => containers.remove(&ident),
+        };
     }
+    None
 }

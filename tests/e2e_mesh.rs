@@ -50,14 +50,20 @@ fn wait_for_mesh(host: &Host, expected: &[&str], established: usize) {
     .unwrap();
 }
 
-#[test]
-fn three_hosts_join_through_one_seed_and_discover_each_other() {
-    let mut lab = Lab::new("mesh_seed", WEAVE);
-    let (a, b, c) = (lab.host("a"), lab.host("b"), lab.host("c"));
+/// Hosts a, b and c on the underlay, launched in order; b and c name only a.
+fn three_through_one_seed(lab: &mut Lab) -> [Host; 3] {
+    let [a, b, c] = [lab.host("a"), lab.host("b"), lab.host("c")];
     launch(&a, &[]);
     let seed = a.ip().to_string();
     launch(&b, &[&seed]);
     launch(&c, &[&seed]);
+    [a, b, c]
+}
+
+#[test]
+fn three_hosts_join_through_one_seed_and_discover_each_other() {
+    let mut lab = Lab::new("mesh_seed", WEAVE);
+    let [a, b, c] = three_through_one_seed(&mut lab);
     // b and c named only a: they find each other through gossip and connect.
     for host in [&a, &b, &c] {
         wait_for_mesh(host, &["a", "b", "c"], 2);
@@ -106,11 +112,7 @@ fn line_topology_learns_the_far_end_through_the_middle() {
 #[test]
 fn stopped_host_is_dropped_and_rejoins_when_restarted() {
     let mut lab = Lab::new("mesh_restart", WEAVE);
-    let (a, b, c) = (lab.host("a"), lab.host("b"), lab.host("c"));
-    launch(&a, &[]);
-    let seed = a.ip().to_string();
-    launch(&b, &[&seed]);
-    launch(&c, &[&seed]);
+    let [a, b, c] = three_through_one_seed(&mut lab);
     wait_for_mesh(&a, &["a", "b", "c"], 2);
     let name_before = report(&c)["Router"]["Name"].clone();
 

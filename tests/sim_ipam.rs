@@ -364,14 +364,8 @@ impl World {
             return;
         }
         let k = self.below(count);
-        let ident = self.nodes[h]
-            .containers
-            .keys()
-            .nth(k)
-            .cloned()
-            .expect("index below len");
-        self.nodes[h].containers.remove(&ident);
-        self.nodes[h].pending.retain(|_, v| *v != ident);
+        let node = &mut self.nodes[h];
+        let ident = ipam_requests::remove_nth(&mut node.pending, &mut node.containers, k);
         let freed = self.call(h, |ipam, ctx| ipam.free_ident(ctx, &ident));
         self.trace(|| format!("free {ident} on {h}: {freed:?}"));
         self.stats.freed += 1;

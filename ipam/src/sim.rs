@@ -426,15 +426,8 @@ impl Sim {
             return;
         }
         let k = (self.rng.next_u64() % count as u64) as usize;
-        let ident = self.nodes[i]
-            .containers
-            .keys()
-            .nth(k)
-            .cloned()
-            .expect("index below len");
-        self.nodes[i].containers.remove(&ident);
-        // Freeing an identity also cancels its requests in progress (a re-claim).
-        self.nodes[i].pending.retain(|_, v| *v != ident);
+        let node = &mut self.nodes[i];
+        let ident = requests::remove_nth(&mut node.pending, &mut node.containers, k);
         self.call(i, |ipam, ctx| ipam.free_ident(ctx, &ident));
     }
 

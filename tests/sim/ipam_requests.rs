@@ -1,7 +1,7 @@
 //! The containers' side of a simulated IPAM host, shared by the allocator's own
 //! simulation (ipam/src/sim.rs) and the one on the simulated mesh (tests/sim_ipam.rs):
 //! the requests waiting for an address and the addresses containers hold, kept up to date
-//! from the allocator's answers as the daemon keeps them.
+//! from the allocator's answers as the daemon keeps them, and containers going away.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -32,4 +32,18 @@ pub(crate) fn answer(
         };
     }
     None
+}
+
+/// Takes the `k`th container (in order) away: it holds no address any more, and its
+/// requests in progress are cancelled (freeing an identity cancels a re-claim too).
+/// Returns its identity, for the caller to free.
+pub(crate) fn remove_nth(
+    pending: &mut BTreeMap<RequestId, String>,
+    containers: &mut BTreeMap<String, Ipv4Addr>,
+    k: usize,
+) -> String {
+    let ident = containers.keys().nth(k).cloned().expect("index below len");
+    containers.remove(&ident);
+    pending.retain(|_, v| *v != ident);
+    ident
 }

@@ -18,7 +18,7 @@
 //! core's persist queue into the host's saved state before anything is crashed: what the
 //! core produced before the crash was on disk before its gossip left.
 
-#[path = "sim/ipam_requests.rs"]
+#[path = "../ipam/src/sim/requests.rs"]
 mod ipam_requests;
 mod sim;
 

@@ -14,8 +14,7 @@ use weave_mesh::{GossipContext, GossipError, GossipSend, Gossiper, PeerName};
 
 use crate::{AllocResult, Cidr, InitMode, Ipam, IpamConfig, IpamEvent, RequestId, SavedState};
 
-// Shared with the simulation on the mesh, tests/sim_ipam.rs.
-#[path = "../../tests/sim/ipam_requests.rs"]
+// Shared with the simulation on the mesh, tests/sim_ipam.rs, which includes the file.
 mod requests;
 
 #[derive(Debug, Clone)]

@@ -28,14 +28,7 @@ fn main() {
     // A random connected underlay, average degree about 8: each host can reach only its
     // underlay neighbours (as hosts in different networks), names one of them, and
     // discovers the rest through gossip.
-    let (edges, named) = sim::random_underlay(n, 3 * n, seed);
-    for peers in named {
-        sim.add_host(HostSpec {
-            peers,
-            ..HostSpec::default()
-        });
-    }
-    sim.restrict_underlay(&edges);
+    sim.add_random_hosts(n, 3 * n, |_, peers| HostSpec::joining(peers));
     sim.link.jitter = Duration::from_millis(2);
 
     let joiner = n - 1;

@@ -25,15 +25,16 @@ const DEFAULT_OVERLAY_MTU: u32 = 1376;
 
 /// IPAM allocates inside the test range only.
 fn launch(host: &Host) {
-    host.run(&[
-        "weave",
-        "launch",
-        "--nickname",
-        host.name(),
-        "--ipalloc-range",
-        "198.18.0.0/15",
-    ])
-    .expect_ok();
+    lab::weave::launch(host, &["--ipalloc-range", "198.18.0.0/15"]);
+}
+
+/// A lab for `test` with one host, "a", and two containers on it, "c1" and "c2"; the
+/// daemon is not launched yet.
+fn one_host_two_containers(test: &str) -> (Lab, Host, Container, Container) {
+    let mut lab = Lab::new(test, WEAVE);
+    let host = lab.host("a");
+    let (c1, c2) = (lab.container(&host, "c1"), lab.container(&host, "c2"));
+    (lab, host, c1, c2)
 }
 
 /// `weave ARGS...` on `host`, expected to fail with `code` and say `why` on stderr.
@@ -121,19 +122,9 @@ fn wait_forgotten(host: &Host, id: &str) {
     .unwrap();
 }
 
-fn delete_netns(container: &Container) {
-    let out = Command::new("ip")
-        .args(["netns", "del", container.netns()])
-        .output()
-        .expect("run ip");
-    assert!(out.status.success(), "ip netns del: {out:?}");
-}
-
 #[test]
 fn attached_containers_get_ethwe_and_reach_each_other_through_the_bridge() {
-    let mut lab = Lab::new("attach_basic", WEAVE);
-    let host = lab.host("a");
-    let (c1, c2) = (lab.container(&host, "c1"), lab.container(&host, "c2"));
+    let (_lab, host, c1, c2) = one_host_two_containers("attach_basic");
     launch(&host);
 
     let printed = weave(&host, &["attach", "198.18.0.1/15", "--netns", c1.netns()]);
@@ -226,12 +217,7 @@ fn expose_puts_the_host_on_the_overlay_and_hide_takes_it_off() {
     host.wait_ping(ip("198.18.0.1"), WAIT).unwrap();
     c.wait_ping(ip("198.18.0.100"), WAIT).unwrap();
 
-    let bridge_mac = host
-        .run(&["cat", "/sys/class/net/weave/address"])
-        .expect_ok()
-        .stdout
-        .trim()
-        .to_owned();
+    let bridge_mac = host.mac("weave");
     let listed = ps(&host);
     assert_eq!(
         listed[0],
@@ -269,9 +255,7 @@ fn expose_puts_the_host_on_the_overlay_and_hide_takes_it_off() {
 
 #[test]
 fn pid_targets_work_and_gone_containers_are_forgotten() {
-    let mut lab = Lab::new("attach_pid", WEAVE);
-    let host = lab.host("a");
-    let (c1, c2) = (lab.container(&host, "c1"), lab.container(&host, "c2"));
+    let (mut lab, host, c1, c2) = one_host_two_containers("attach_pid");
     launch(&host);
 
     let sleeper = c1.spawn(&["sleep", "30"]);
@@ -296,7 +280,7 @@ fn pid_targets_work_and_gone_containers_are_forgotten() {
     weave(&host, &["attach", "198.18.0.1/15", "--netns", c3.netns()]);
 
     // The namespace is deleted: forgotten within a few seconds.
-    delete_netns(&c2);
+    c2.delete_netns();
     wait_forgotten(&host, c2.netns());
     let log = std::fs::read_to_string(host.state_dir().join("weave.log")).unwrap_or_default();
     assert!(
@@ -307,9 +291,7 @@ fn pid_targets_work_and_gone_containers_are_forgotten() {
 
 #[test]
 fn attachments_survive_a_restart_and_reset_removes_them() {
-    let mut lab = Lab::new("attach_restart", WEAVE);
-    let host = lab.host("a");
-    let (c1, c2) = (lab.container(&host, "c1"), lab.container(&host, "c2"));
+    let (_lab, host, c1, c2) = one_host_two_containers("attach_restart");
     launch(&host);
     weave(&host, &["attach", "198.18.0.1/15", "--netns", c1.netns()]);
     weave(&host, &["attach", "198.18.0.2/15", "--netns", c2.netns()]);
@@ -321,7 +303,7 @@ fn attachments_survive_a_restart_and_reset_removes_them() {
     assert_eq!(c1.addresses("ethwe"), ["198.18.0.1/15"]);
     c1.wait_ping(ip("198.18.0.2"), WAIT).unwrap();
     // c2 goes away while the daemon is down.
-    delete_netns(&c2);
+    c2.delete_netns();
 
     launch(&host);
     let ids = ps_ids(&host);
@@ -340,9 +322,7 @@ fn attachments_survive_a_restart_and_reset_removes_them() {
 
 #[test]
 fn bad_input_gets_clear_errors() {
-    let mut lab = Lab::new("attach_errors", WEAVE);
-    let host = lab.host("a");
-    let (c1, c2) = (lab.container(&host, "c1"), lab.container(&host, "c2"));
+    let (lab, host, c1, c2) = one_host_two_containers("attach_errors");
     // Before launch: not running.
     weave_fails(
         &host,
@@ -351,15 +331,7 @@ fn bad_input_gets_clear_errors() {
         "weave is not running",
     );
     // IPAM off: attach and expose without an address are refused with the reason.
-    host.run(&[
-        "weave",
-        "launch",
-        "--nickname",
-        host.name(),
-        "--ipalloc-range",
-        "",
-    ])
-    .expect_ok();
+    lab::weave::launch(&host, &["--ipalloc-range", ""]);
     let ns = c1.netns();
     // Usage errors (exit 2), found by the CLI.
     for (args, why) in [

@@ -8,6 +8,7 @@
 #[path = "lab/mod.rs"]
 mod lab;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lab::weave::{report, wait_established, weave};
@@ -21,16 +22,21 @@ const OUTSIDE_NAME: &str = "outside.example.test";
 const OUTSIDE_ADDR: &str = "203.0.113.7";
 
 fn launch(host: &Host, args: &[&str]) {
-    let mut argv = vec![
-        "weave",
-        "launch",
-        "--nickname",
-        host.name(),
-        "--ipalloc-range",
-        "198.19.0.0/16",
-    ];
+    let mut argv = vec!["--ipalloc-range", "198.19.0.0/16"];
     argv.extend_from_slice(args);
-    host.run(&argv).expect_ok();
+    lab::weave::launch(host, &argv);
+}
+
+/// `weave attach CIDR --name NAME ARGS...` on `host`: ARGS name the container.
+fn attach_named(host: &Host, cidr: &str, name: &str, args: &[&str]) {
+    let mut argv = vec!["attach", cidr, "--name", name];
+    argv.extend_from_slice(args);
+    weave(host, &argv);
+}
+
+/// Where `ip netns exec` finds files of `netns` to mount over /etc (resolv.conf).
+fn etc_of(netns: &str) -> PathBuf {
+    Path::new("/etc/netns").join(netns)
 }
 
 /// `dig +short` in `c` (TCP with `tcp`), lines sorted.
@@ -100,7 +106,7 @@ fn upstream(lab: &Lab, host: &Host) -> Proc {
 /// Points a lab host's resolver (what its daemon forwards to) at `server`: the file
 /// `ip netns exec` mounts over /etc/resolv.conf for it.
 fn set_resolv_conf(host: &Host, server: std::net::Ipv4Addr) {
-    let dir = std::path::Path::new("/etc/netns").join(host.netns());
+    let dir = etc_of(host.netns());
     std::fs::create_dir_all(&dir).expect("mkdir /etc/netns/HOST");
     std::fs::write(
         dir.join("resolv.conf"),
@@ -127,28 +133,8 @@ fn containers_find_each_other_by_name_across_hosts() {
     let web = lab.container(&a, "web");
     let db = lab.container(&c, "db");
     let db2 = lab.container(&b, "db2");
-    weave(
-        &a,
-        &[
-            "attach",
-            "198.18.1.1/16",
-            "--name",
-            "web",
-            "--netns",
-            web.netns(),
-        ],
-    );
-    weave(
-        &c,
-        &[
-            "attach",
-            "198.18.3.1/16",
-            "--name",
-            "db",
-            "--netns",
-            db.netns(),
-        ],
-    );
+    attach_named(&a, "198.18.1.1/16", "web", &["--netns", web.netns()]);
+    attach_named(&c, "198.18.3.1/16", "db", &["--netns", db.netns()]);
 
     // The container's resolver points at the server in its own namespace.
     let resolv = web.run(&["cat", "/etc/resolv.conf"]).expect_ok().stdout;
@@ -191,17 +177,7 @@ fn containers_find_each_other_by_name_across_hosts() {
     assert!(out.stdout.contains("status: NXDOMAIN"), "{out}");
 
     // Two containers with the same name: both addresses.
-    weave(
-        &b,
-        &[
-            "attach",
-            "198.18.2.1/16",
-            "--name",
-            "db",
-            "--netns",
-            db2.netns(),
-        ],
-    );
+    attach_named(&b, "198.18.2.1/16", "db", &["--netns", db2.netns()]);
     wait_dig(&web, "db.weave.local", &["198.18.2.1", "198.18.3.1"]);
     let mut listed: Vec<String> = weave(&a, &["dns-lookup", "db"])
         .lines()
@@ -261,11 +237,7 @@ fn containers_find_each_other_by_name_across_hosts() {
     wait_dig(&web, "db.weave.local", &["198.18.3.1"]);
 
     // A container that dies (its namespace deleted) goes too, with all its names.
-    let out = std::process::Command::new("ip")
-        .args(["netns", "del", db.netns()])
-        .output()
-        .expect("ip netns del");
-    assert!(out.status.success(), "{out:?}");
+    db.delete_netns();
     wait_dig(&web, "db.weave.local", &[]);
     wait_dig(&web, "database.weave.local", &[]);
     for host in [&a, &b, &c] {
@@ -281,7 +253,7 @@ fn containers_find_each_other_by_name_across_hosts() {
     }
     // Its resolv.conf (in /etc/netns) was cleaned up with it.
     wait_until("db's resolv.conf removed", WAIT, POLL, || {
-        let path = std::path::Path::new("/etc/netns").join(db.netns());
+        let path = etc_of(db.netns());
         if path.exists() {
             Err(format!("{} still exists", path.display()))
         } else {
@@ -292,12 +264,7 @@ fn containers_find_each_other_by_name_across_hosts() {
 
     // Detaching web puts its resolver back as it was (no file).
     weave(&a, &["detach", "--netns", web.netns()]);
-    assert!(
-        !std::path::Path::new("/etc/netns")
-            .join(web.netns())
-            .join("resolv.conf")
-            .exists()
-    );
+    assert!(!etc_of(web.netns()).join("resolv.conf").exists());
 }
 
 #[test]
@@ -310,34 +277,14 @@ fn without_dns_and_bad_input() {
     let quiet = lab.container(&a, "quiet");
     let named = lab.container(&a, "named");
     // --without-dns: no resolver change, no record.
-    weave(
+    attach_named(
         &a,
-        &[
-            "attach",
-            "198.18.1.2/16",
-            "--name",
-            "quiet",
-            "--without-dns",
-            "--netns",
-            quiet.netns(),
-        ],
+        "198.18.1.2/16",
+        "quiet",
+        &["--without-dns", "--netns", quiet.netns()],
     );
-    assert!(
-        !std::path::Path::new("/etc/netns")
-            .join(quiet.netns())
-            .exists()
-    );
-    weave(
-        &a,
-        &[
-            "attach",
-            "198.18.1.3/16",
-            "--name",
-            "named",
-            "--netns",
-            named.netns(),
-        ],
-    );
+    assert!(!etc_of(quiet.netns()).exists());
+    attach_named(&a, "198.18.1.3/16", "named", &["--netns", named.netns()]);
     // The host listener answers too (dig from the host, at the given port).
     wait_until("host listener answers", WAIT, POLL, || {
         let out = a.run(&[
@@ -411,32 +358,12 @@ fn names_come_back_after_a_restart_and_reset_restores_resolv_conf() {
     launch(&a, &[]);
     let (one, two) = (lab.container(&a, "one"), lab.container(&a, "two"));
     // `two` had a resolv.conf of its own: it is kept and put back.
-    let own = std::path::Path::new("/etc/netns").join(two.netns());
+    let own = etc_of(two.netns());
     std::fs::create_dir_all(&own).expect("mkdir");
     let original = "search example.invalid\nnameserver 192.0.2.53\n";
     std::fs::write(own.join("resolv.conf"), original).expect("write");
-    weave(
-        &a,
-        &[
-            "attach",
-            "198.18.1.1/16",
-            "--name",
-            "one",
-            "--netns",
-            one.netns(),
-        ],
-    );
-    weave(
-        &a,
-        &[
-            "attach",
-            "198.18.1.2/16",
-            "--name",
-            "two",
-            "--netns",
-            two.netns(),
-        ],
-    );
+    attach_named(&a, "198.18.1.1/16", "one", &["--netns", one.netns()]);
+    attach_named(&a, "198.18.1.2/16", "two", &["--netns", two.netns()]);
     wait_dig(&one, "two.weave.local", &["198.18.1.2"]);
     weave(&a, &["dns-add", "198.18.9.9", "-h", "extra"]);
     let resolv = two.run(&["cat", "/etc/resolv.conf"]).expect_ok().stdout;
@@ -462,12 +389,7 @@ fn names_come_back_after_a_restart_and_reset_restores_resolv_conf() {
         std::fs::read_to_string(own.join("resolv.conf")).expect("read"),
         original
     );
-    assert!(
-        !std::path::Path::new("/etc/netns")
-            .join(one.netns())
-            .join("resolv.conf")
-            .exists()
-    );
+    assert!(!etc_of(one.netns()).join("resolv.conf").exists());
 }
 
 /// A real Docker container, when Docker works here: attached by ID with `--name`, its
@@ -482,27 +404,8 @@ fn docker_containers_get_dns_too() {
     let a = lab.host("a");
     launch(&a, &[]);
     let peer = lab.container(&a, "peer");
-    weave(
-        &a,
-        &[
-            "attach",
-            "198.18.1.1/16",
-            "--name",
-            "peer",
-            "--netns",
-            peer.netns(),
-        ],
-    );
-    weave(
-        &a,
-        &[
-            "attach",
-            "198.18.1.7/16",
-            "--name",
-            "dockerweb",
-            &docker.id[..12],
-        ],
-    );
+    attach_named(&a, "198.18.1.1/16", "peer", &["--netns", peer.netns()]);
+    attach_named(&a, "198.18.1.7/16", "dockerweb", &[&docker.id[..12]]);
     // What the container sees as /etc/resolv.conf.
     let inside = std::fs::read_to_string(format!("/proc/{}/root/etc/resolv.conf", docker.pid))
         .expect("the container's resolv.conf");

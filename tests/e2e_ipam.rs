@@ -53,19 +53,15 @@ fn launch_with(host: &Host, peers: &[&Host], range: &str, init: &str) {
     let addrs: Vec<String> = peers.iter().map(|p| p.ip().to_string()).collect();
     let name = peer_name(host);
     let mut argv = vec![
-        "weave",
-        "launch",
         "--name",
         &name,
-        "--nickname",
-        host.name(),
         "--ipalloc-range",
         range,
         "--ipalloc-init",
         init,
     ];
     argv.extend(addrs.iter().map(String::as_str));
-    host.run(&argv).expect_ok();
+    lab::weave::launch(host, &argv);
 }
 
 /// `POST /ip/{ident}` on `host`'s API: an address without a container.
@@ -127,6 +123,14 @@ fn attach(host: &Host, c: &Container) -> Ipv4Addr {
     addr
 }
 
+/// A new container `name` on `host`, attached without an address; and that address.
+#[track_caller]
+fn new_attached(lab: &mut Lab, host: &Host, name: &str) -> (Container, Ipv4Addr) {
+    let c = lab.container(host, name);
+    let addr = attach(host, &c);
+    (c, addr)
+}
+
 fn in_range(addr: Ipv4Addr) -> bool {
     let a = u32::from(addr);
     (a & 0xffff_ff00) == u32::from(Ipv4Addr::new(198, 18, 0, 0))
@@ -154,6 +158,27 @@ fn ipam_owners(host: &Host) -> Vec<(String, u64, bool, String)> {
             (nick, ips, !l.ends_with("- unreachable!"), l.to_owned())
         })
         .collect()
+}
+
+/// Each host's view of the ring: (nickname, IPs) per owner, sorted; with `skip_empty`,
+/// without the owners of nothing.
+fn ring_views(hosts: &[&Host], skip_empty: bool) -> Vec<Vec<(String, u64)>> {
+    hosts
+        .iter()
+        .map(|h| {
+            let mut v: Vec<(String, u64)> = ipam_owners(h)
+                .into_iter()
+                .filter(|o| !skip_empty || o.1 > 0)
+                .map(|o| (o.0, o.1))
+                .collect();
+            v.sort();
+            v
+        })
+        .collect()
+}
+
+fn all_same<T: PartialEq>(views: &[T]) -> bool {
+    views.windows(2).all(|w| w[0] == w[1])
 }
 
 /// The value of `Label:` in the `Service: ipam` block of `weave status`.
@@ -236,8 +261,7 @@ fn containers_on_three_hosts_get_distinct_addresses_and_ping_each_other() {
     let mut containers = Vec::new();
     for h in &hosts {
         for k in 0..2 {
-            let ctr = lab.container(h, &format!("{}{k}", h.name()));
-            let addr = attach(h, &ctr);
+            let (ctr, addr) = new_attached(&mut lab, h, &format!("{}{k}", h.name()));
             assert!(in_range(addr), "{addr} outside {RANGE}");
             all.push(addr);
             containers.push((ctr, addr));
@@ -301,25 +325,20 @@ fn both_sides_of_a_partition_allocate_and_healing_leaves_no_duplicate() {
     let hosts = three_hosts(&mut lab);
     weave(&hosts[0], &["prime"]);
     let mut all: Vec<(usize, Container, Ipv4Addr)> = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        let ctr = lab.container(h, &format!("{}0", h.name()));
-        let addr = attach(h, &ctr);
-        all.push((i, ctr, addr));
-    }
+    let mut round = 0;
+    let mut allocate_everywhere = |all: &mut Vec<(usize, Container, Ipv4Addr)>| {
+        for (i, h) in hosts.iter().enumerate() {
+            let (ctr, addr) = new_attached(&mut lab, h, &format!("{}{round}", h.name()));
+            all.push((i, ctr, addr));
+        }
+        round += 1;
+    };
+    allocate_everywhere(&mut all);
 
     // Cut c off the underlay: {a, b} and {c}. Each side keeps allocating from its own
     // ranges, before and after the mesh notices (the control connections time out).
     let uplink = hosts[2].uplink().expect("on the underlay").clone();
     uplink.cut();
-    let mut round = 1;
-    let mut allocate_everywhere = |all: &mut Vec<(usize, Container, Ipv4Addr)>| {
-        for (i, h) in hosts.iter().enumerate() {
-            let ctr = lab.container(h, &format!("{}{round}", h.name()));
-            let addr = attach(h, &ctr);
-            all.push((i, ctr, addr));
-        }
-        round += 1;
-    };
     allocate_everywhere(&mut all);
     // c sees a and b as unreachable owners once its connections time out.
     wait_until("c shows a and b unreachable", PARTITION_WAIT, POLL, || {
@@ -359,16 +378,8 @@ fn both_sides_of_a_partition_allocate_and_healing_leaves_no_duplicate() {
     assert_eq!(distinct.len(), addrs.len(), "duplicates: {addrs:?}");
     // After healing the rings agree and everyone reaches everyone.
     wait_until("rings agree", WAIT, POLL, || {
-        let views: Vec<Vec<(String, u64)>> = hosts
-            .iter()
-            .map(|h| {
-                let mut v: Vec<(String, u64)> =
-                    ipam_owners(h).into_iter().map(|o| (o.0, o.1)).collect();
-                v.sort();
-                v
-            })
-            .collect();
-        if views.windows(2).all(|w| w[0] == w[1]) {
+        let views = ring_views(&hosts.each_ref(), false);
+        if all_same(&views) {
             Ok(())
         } else {
             Err(format!("{views:?}"))
@@ -388,10 +399,8 @@ fn restart_keeps_addresses_and_dead_hosts_range_is_taken_over_with_rmpeer() {
     let hosts = three_hosts(&mut lab);
     let [a, b, c] = &hosts;
     weave(a, &["prime"]);
-    let cb = lab.container(b, "cb");
-    let cb_addr = attach(b, &cb);
-    let cc = lab.container(c, "cc");
-    let cc_addr = attach(c, &cc);
+    let (cb, cb_addr) = new_attached(&mut lab, b, "cb");
+    let (_cc, cc_addr) = new_attached(&mut lab, c, "cc");
 
     // b restarts: its container keeps its address, IPAM still has it recorded for it,
     // and a new container gets another.
@@ -404,8 +413,7 @@ fn restart_keeps_addresses_and_dead_hosts_range_is_taken_over_with_rmpeer() {
         cb_addr,
         "re-attach answers the kept address"
     );
-    let cb2 = lab.container(b, "cb2");
-    let cb2_addr = attach(b, &cb2);
+    let (_cb2, cb2_addr) = new_attached(&mut lab, b, "cb2");
     assert_ne!(cb2_addr, cb_addr);
     assert_eq!(metric(b, "weave_ips"), 2.0);
     cb.wait_ping(cc_addr, WAIT).unwrap();
@@ -469,14 +477,9 @@ fn restart_keeps_addresses_and_dead_hosts_range_is_taken_over_with_rmpeer() {
     assert_eq!(owners[0].1, a_before + c_share, "{owners:?}");
     assert_eq!(metric(a, "weave_ipam_unreachable_count"), 0.0);
     // The waiting allocation gets its address now that a owns the subnet.
-    wait_until("the waiting allocation answered", WAIT, POLL, || {
-        if waiting.is_running() {
-            Err("curl still waits".to_owned())
-        } else {
-            Ok(())
-        }
-    })
-    .unwrap();
+    waiting
+        .wait_exit("the waiting allocation answered", WAIT, POLL)
+        .unwrap();
     let got = waiting.log();
     let prefix = subnet
         .split('/')
@@ -563,17 +566,8 @@ fn a_peer_that_lost_its_data_relearns_and_allocates_no_duplicate() {
     assert_eq!(distinct.len(), addrs.len(), "duplicates: {held:?}");
     // The rings agree, cover the range, and nobody saw a conflict.
     wait_until("rings agree", WAIT, POLL, || {
-        let views: Vec<Vec<(String, u64)>> = [&a, &b, &c]
-            .iter()
-            .map(|h| {
-                let mut v: Vec<(String, u64)> =
-                    ipam_owners(h).into_iter().map(|o| (o.0, o.1)).collect();
-                v.sort();
-                v
-            })
-            .collect();
-        if views.windows(2).all(|w| w[0] == w[1]) && views[0].iter().map(|v| v.1).sum::<u64>() == 32
-        {
+        let views = ring_views(&[&a, &b, &c], false);
+        if all_same(&views) && views[0].iter().map(|v| v.1).sum::<u64>() == 32 {
             Ok(())
         } else {
             Err(format!("{views:?}"))
@@ -592,10 +586,8 @@ fn rmpeer_of_a_peer_that_was_only_cut_off_is_a_contained_conflict() {
     let hosts = three_hosts(&mut lab);
     let [a, b, c] = &hosts;
     weave(a, &["prime"]);
-    let cc = lab.container(c, "cc");
-    let cc_addr = attach(c, &cc);
-    let ca = lab.container(a, "ca");
-    let ca_addr = attach(a, &ca);
+    let (_cc, cc_addr) = new_attached(&mut lab, c, "cc");
+    let (_ca, ca_addr) = new_attached(&mut lab, a, "ca");
 
     let b_share = ipam_owners(b)[0].1;
     // c is cut off, not dead; the operator removes it anyway (the misuse rmpeer warns
@@ -647,19 +639,8 @@ fn rmpeer_of_a_peer_that_was_only_cut_off_is_a_contained_conflict() {
     });
     assert!(logged, "no conflict in any daemon's log");
     wait_until("rings agree", WAIT, POLL, || {
-        let views: Vec<Vec<(String, u64)>> = hosts
-            .iter()
-            .map(|h| {
-                let mut v: Vec<(String, u64)> = ipam_owners(h)
-                    .into_iter()
-                    .filter(|o| o.1 > 0)
-                    .map(|o| (o.0, o.1))
-                    .collect();
-                v.sort();
-                v
-            })
-            .collect();
-        if views.windows(2).all(|w| w[0] == w[1]) {
+        let views = ring_views(&hosts.each_ref(), true);
+        if all_same(&views) {
             Ok(())
         } else {
             let entries: Vec<String> = hosts
@@ -704,15 +685,7 @@ fn rmpeer_of_a_peer_that_was_only_cut_off_is_a_contained_conflict() {
 fn a_lone_daemon_allocates_on_the_first_attach() {
     let mut lab = Lab::new("ipam_lone", WEAVE);
     let a = lab.host("a");
-    a.run(&[
-        "weave",
-        "launch",
-        "--nickname",
-        "a",
-        "--ipalloc-range",
-        RANGE,
-    ])
-    .expect_ok();
+    lab::weave::launch(&a, &["--ipalloc-range", RANGE]);
     assert_eq!(ipam_status_field(&a, "Status"), "idle");
     let c = lab.container(&a, "c1");
     assert_eq!(attach(&a, &c), Ipv4Addr::new(198, 18, 0, 1));
@@ -727,17 +700,15 @@ fn a_lone_daemon_allocates_on_the_first_attach() {
     // Another lone daemon (not a peer of a) with a default subnet inside the range:
     // attach allocates there, the status block and the API say so.
     let b = lab.host("b");
-    b.run(&[
-        "weave",
-        "launch",
-        "--nickname",
-        "b",
-        "--ipalloc-range",
-        RANGE,
-        "--ipalloc-default-subnet",
-        "198.18.0.128/25",
-    ])
-    .expect_ok();
+    lab::weave::launch(
+        &b,
+        &[
+            "--ipalloc-range",
+            RANGE,
+            "--ipalloc-default-subnet",
+            "198.18.0.128/25",
+        ],
+    );
     assert_eq!(ipam_status_field(&b, "DefaultSubnet"), "198.18.0.128/25");
     let c2 = lab.container(&b, "c2");
     assert_eq!(

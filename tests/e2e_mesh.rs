@@ -7,31 +7,16 @@ mod lab;
 
 use std::time::Duration;
 
+use lab::weave::{connection_states, launch, report, status_port_get, try_report};
 use lab::{Host, Lab, wait_until};
-use serde_json::Value;
 
 const WEAVE: &str = env!("CARGO_BIN_EXE_weave");
 const WAIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(200);
 
-/// `weave launch` on `host` with `args`; panics with the output if it fails.
-fn launch(host: &Host, args: &[&str]) {
-    let mut argv = vec!["weave", "launch", "--nickname", host.name()];
-    argv.extend_from_slice(args);
-    host.run(&argv).expect_ok();
-}
-
-fn report(host: &Host) -> Result<Value, String> {
-    let out = host.run(&["weave", "report"]);
-    if !out.success() {
-        return Err(format!("weave report failed: {}{}", out.stdout, out.stderr));
-    }
-    serde_json::from_str(&out.stdout).map_err(|e| format!("bad JSON ({e}): {}", out.stdout))
-}
-
 /// Nicknames of the peers `host` knows, sorted.
 fn peers(host: &Host) -> Result<Vec<String>, String> {
-    let report = report(host)?;
+    let report = try_report(host)?;
     let mut names: Vec<String> = report["Router"]["Peers"]
         .as_array()
         .ok_or("no Router.Peers")?
@@ -40,17 +25,6 @@ fn peers(host: &Host) -> Result<Vec<String>, String> {
         .collect();
     names.sort();
     Ok(names)
-}
-
-/// States of `host`'s connections.
-fn connection_states(host: &Host) -> Result<Vec<String>, String> {
-    let report = report(host)?;
-    Ok(report["Router"]["Connections"]
-        .as_array()
-        .ok_or("no Router.Connections")?
-        .iter()
-        .map(|c| c["State"].as_str().unwrap_or_default().to_owned())
-        .collect())
 }
 
 /// Waits until `host` knows exactly `expected` (nicknames) and has `established`
@@ -76,14 +50,20 @@ fn wait_for_mesh(host: &Host, expected: &[&str], established: usize) {
     .unwrap();
 }
 
-#[test]
-fn three_hosts_join_through_one_seed_and_discover_each_other() {
-    let mut lab = Lab::new("mesh_seed", WEAVE);
-    let (a, b, c) = (lab.host("a"), lab.host("b"), lab.host("c"));
+/// Hosts a, b and c on the underlay, launched in order; b and c name only a.
+fn three_through_one_seed(lab: &mut Lab) -> [Host; 3] {
+    let [a, b, c] = [lab.host("a"), lab.host("b"), lab.host("c")];
     launch(&a, &[]);
     let seed = a.ip().to_string();
     launch(&b, &[&seed]);
     launch(&c, &[&seed]);
+    [a, b, c]
+}
+
+#[test]
+fn three_hosts_join_through_one_seed_and_discover_each_other() {
+    let mut lab = Lab::new("mesh_seed", WEAVE);
+    let [a, b, c] = three_through_one_seed(&mut lab);
     // b and c named only a: they find each other through gossip and connect.
     for host in [&a, &b, &c] {
         wait_for_mesh(host, &["a", "b", "c"], 2);
@@ -118,13 +98,7 @@ fn three_hosts_join_through_one_seed_and_discover_each_other() {
 #[test]
 fn line_topology_learns_the_far_end_through_the_middle() {
     let mut lab = Lab::new("mesh_line", WEAVE);
-    let (a, b, c) = (
-        lab.isolated_host("a"),
-        lab.isolated_host("b"),
-        lab.isolated_host("c"),
-    );
-    let ab = lab.link(&a, &b);
-    let bc = lab.link(&b, &c);
+    let ([a, b, c], [ab, bc]) = lab.line(["a", "b", "c"]);
     launch(&b, &[]);
     launch(&a, &[&ab.ip_of(&b).to_string()]);
     launch(&c, &[&bc.ip_of(&b).to_string()]);
@@ -138,13 +112,9 @@ fn line_topology_learns_the_far_end_through_the_middle() {
 #[test]
 fn stopped_host_is_dropped_and_rejoins_when_restarted() {
     let mut lab = Lab::new("mesh_restart", WEAVE);
-    let (a, b, c) = (lab.host("a"), lab.host("b"), lab.host("c"));
-    launch(&a, &[]);
-    let seed = a.ip().to_string();
-    launch(&b, &[&seed]);
-    launch(&c, &[&seed]);
+    let [a, b, c] = three_through_one_seed(&mut lab);
     wait_for_mesh(&a, &["a", "b", "c"], 2);
-    let name_before = report(&c).unwrap()["Router"]["Name"].clone();
+    let name_before = report(&c)["Router"]["Name"].clone();
 
     c.run(&["weave", "stop"]).expect_ok();
     wait_for_mesh(&a, &["a", "b"], 1);
@@ -159,7 +129,7 @@ fn stopped_host_is_dropped_and_rejoins_when_restarted() {
     for host in [&a, &b, &c] {
         wait_for_mesh(host, &["a", "b", "c"], 2);
     }
-    assert_eq!(report(&c).unwrap()["Router"]["Name"], name_before);
+    assert_eq!(report(&c)["Router"]["Name"], name_before);
 }
 
 #[test]
@@ -245,14 +215,6 @@ fn bad_input_gets_a_clear_message_and_a_nonzero_exit() {
     }
 }
 
-/// `GET path` on the daemon's status port inside `host`, through bash's /dev/tcp.
-fn status_port_get(host: &Host, path: &str) -> String {
-    let script = format!(
-        "exec 3<>/dev/tcp/127.0.0.1/6782; printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3"
-    );
-    host.run(&["bash", "-c", &script]).expect_ok().stdout
-}
-
 #[test]
 fn connect_forget_metrics_and_reset() {
     let mut lab = Lab::new("mesh_commands", WEAVE);
@@ -284,11 +246,11 @@ fn connect_forget_metrics_and_reset() {
     );
 
     // Reset forgets everything persisted: a new name next time.
-    let name = report(&b).unwrap()["Router"]["Name"].clone();
+    let name = report(&b)["Router"]["Name"].clone();
     b.run(&["weave", "reset"]).expect_ok();
     wait_for_mesh(&a, &["a"], 0);
     launch(&b, &[]);
-    assert_ne!(report(&b).unwrap()["Router"]["Name"], name);
+    assert_ne!(report(&b)["Router"]["Name"], name);
     assert_eq!(
         peers(&b).unwrap(),
         vec!["b".to_owned()],

@@ -9,7 +9,7 @@ mod lab;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use lab::weave::{report, wait_established};
+use lab::weave::{connection_states, launch, report, status_port_get, wait_established};
 use lab::{Container, Host, Lab, wait_until};
 use serde_json::Value;
 
@@ -17,13 +17,6 @@ const WEAVE: &str = env!("CARGO_BIN_EXE_weave");
 const WAIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(200);
 const PASSWORD: &str = "s3cret-for-tests";
-
-/// `weave launch` on `host` with `args`; panics with the output if it fails.
-fn launch(host: &Host, args: &[&str]) {
-    let mut argv = vec!["weave", "launch", "--nickname", host.name()];
-    argv.extend_from_slice(args);
-    host.run(&argv).expect_ok();
-}
 
 /// Plumbs `c` into `host`'s bridge with `addr`/16 and the overlay MTU from the report.
 fn plumb(host: &Host, c: &Container, addr: Ipv4Addr) {
@@ -104,14 +97,8 @@ fn capture_pings(host: &Host, from: &Container, to: Ipv4Addr) -> String {
         &to.to_string(),
     ])
     .expect_ok();
-    wait_until("tcpdump to finish", Duration::from_secs(15), POLL, || {
-        if cap.is_running() {
-            Err("running")
-        } else {
-            Ok(())
-        }
-    })
-    .unwrap();
+    cap.wait_exit("tcpdump to finish", Duration::from_secs(15), POLL)
+        .unwrap();
     cap.log()
 }
 
@@ -190,15 +177,7 @@ fn containers_on_two_hosts_ping_without_password() {
     assert!(from_a["InjectedFrames"].as_u64() > Some(0), "{from_a}");
     assert!(from_a["ForwardedFrames"].as_u64() > Some(0), "{from_a}");
     assert!(from_a["DroppedReasons"].is_object(), "{from_a}");
-    let metrics = b
-        .run(&[
-            "bash",
-            "-c",
-            "exec 3<>/dev/tcp/127.0.0.1/6782; \
-             printf 'GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n' >&3; cat <&3",
-        ])
-        .expect_ok()
-        .stdout;
+    let metrics = status_port_get(&b, "/metrics");
     let sample = |direction: &str| -> u64 {
         metrics
             .lines()
@@ -242,13 +221,7 @@ fn containers_on_two_hosts_with_a_password_are_encrypted() {
 #[test]
 fn line_topology_relays_through_the_middle_and_heals_after_a_cut() {
     let mut lab = Lab::new("router_line", WEAVE);
-    let (a, b, c) = (
-        lab.isolated_host("a"),
-        lab.isolated_host("b"),
-        lab.isolated_host("c"),
-    );
-    let ab = lab.link(&a, &b);
-    let bc = lab.link(&b, &c);
+    let ([a, b, c], [ab, bc]) = lab.line(["a", "b", "c"]);
     launch(&b, &[]);
     launch(&a, &[&ab.ip_of(&b).to_string()]);
     launch(&c, &[&bc.ip_of(&b).to_string()]);
@@ -349,14 +322,9 @@ fn wrong_password_can_neither_join_nor_inject() {
         count(&after, "clear_when_keyed") >= count(&before, "clear_when_keyed") + 5,
         "{before} -> {after}"
     );
-    wait_until("tcpdump to finish", Duration::from_secs(10), POLL, || {
-        if watch.is_running() {
-            Err("running")
-        } else {
-            Ok(())
-        }
-    })
-    .unwrap();
+    watch
+        .wait_exit("tcpdump to finish", Duration::from_secs(10), POLL)
+        .unwrap();
     assert!(!watch.log().contains("INJECTED"), "{}", watch.log());
     // The real peers still talk.
     assert!(ca.ping(ip(2)));
@@ -372,27 +340,12 @@ fn big_packets_on_a_1500_underlay_are_never_silently_lost() {
     assert_eq!(report(&a)["Router"]["OverlayMtu"], 8000);
     ca.wait_ping(ip(2), WAIT).unwrap();
     // Don't Fragment: the first try is answered with frag-needed, the retry fits.
-    let df_ping = || {
-        ca.cmd(&[
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            "1",
-            "-W",
-            "1",
-            "-s",
-            "7000",
-            "-M",
-            "want",
-            &ip(2).to_string(),
-        ])
-        .timeout(Duration::from_secs(5))
-        .run()
-        .success()
-    };
     wait_until("a DF ping of 7000 bytes", WAIT, POLL, || {
-        if df_ping() { Ok(()) } else { Err("no reply") }
+        if ca.ping_pmtu(ip(2), 7000, "want") {
+            Ok(())
+        } else {
+            Err("no reply")
+        }
     })
     .unwrap();
     let r = report(&a);
@@ -601,12 +554,7 @@ fn a_mac_claimed_by_two_hosts_is_resolved_and_logged() {
     plumb(&b, &cb2, ip(3));
     ca.wait_ping(ip(3), WAIT).unwrap();
     // cb takes ca's MAC and speaks: both hosts now saw it on both sides.
-    let mac = ca
-        .run(&["cat", "/sys/class/net/ethwe/address"])
-        .expect_ok()
-        .stdout
-        .trim()
-        .to_owned();
+    let mac = ca.mac("ethwe");
     cb.run(&["ip", "link", "set", "ethwe", "address", &mac])
         .expect_ok();
     cb.run(&["ip", "neigh", "flush", "dev", "ethwe"])
@@ -635,19 +583,6 @@ fn a_mac_claimed_by_two_hosts_is_resolved_and_logged() {
     }
 }
 
-/// The states of `host`'s connections in the report.
-fn connection_states(host: &Host) -> Vec<String> {
-    report(host)["Router"]["Connections"]
-        .as_array()
-        .map(|conns| {
-            conns
-                .iter()
-                .map(|c| c["State"].as_str().unwrap_or_default().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_connection_is_established_only_once_udp_works_both_ways() {
     let mut lab = Lab::new("router_udp_blocked", WEAVE);
@@ -660,7 +595,7 @@ fn a_connection_is_established_only_once_udp_works_both_ways() {
     launch(&a, &[]);
     launch(&b, &[&a.ip().to_string()]);
     wait_until("the mesh connection to come up", WAIT, POLL, || {
-        let states = connection_states(&a);
+        let states = connection_states(&a).unwrap();
         if states.is_empty() {
             Err("no connection yet")
         } else {
@@ -672,7 +607,7 @@ fn a_connection_is_established_only_once_udp_works_both_ways() {
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(300));
         for h in [&a, &b] {
-            let states = connection_states(h);
+            let states = connection_states(h).unwrap();
             assert!(
                 !states.iter().any(|s| s == "established"),
                 "{}: {states:?}",
@@ -694,11 +629,7 @@ fn a_connection_is_established_only_once_udp_works_both_ways() {
 #[test]
 fn a_host_behind_nat_joins_and_carries_traffic() {
     let mut lab = Lab::new("router_nat", WEAVE);
-    let (a, r, b) = (
-        lab.isolated_host("a"),
-        lab.isolated_host("r"),
-        lab.isolated_host("b"),
-    );
+    let [a, r, b] = lab.isolated_hosts(["a", "r", "b"]);
     let ra = lab.link(&r, &a);
     let rb = lab.link(&r, &b);
     // r masquerades b's traffic towards a; a has no route to b's link, so it only

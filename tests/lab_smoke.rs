@@ -135,13 +135,7 @@ fn commands_time_out_and_background_processes_belong_to_the_lab() {
 #[test]
 fn line_topology_needs_routing() {
     let mut lab = Lab::new("line", WEAVE);
-    let (a, b, c) = (
-        lab.isolated_host("a"),
-        lab.isolated_host("b"),
-        lab.isolated_host("c"),
-    );
-    let ab = lab.link(&a, &b);
-    let bc = lab.link(&b, &c);
+    let ([a, b, c], [ab, bc]) = lab.line(["a", "b", "c"]);
     assert_eq!(ab.ip_of(&a), Ipv4Addr::new(198, 51, 100, 1));
     assert_eq!(ab.ip_of(&b), Ipv4Addr::new(198, 51, 100, 2));
     assert_eq!(bc.ip_of(&b), Ipv4Addr::new(198, 51, 100, 5));
@@ -184,7 +178,7 @@ fn links_are_cut_restored_and_shrunk() {
     a.unblock(b.ip());
     assert!(a.ping(b.ip()));
 
-    let (c, d) = (lab.isolated_host("c"), lab.isolated_host("d"));
+    let [c, d] = lab.isolated_hosts(["c", "d"]);
     let cd = lab.link(&c, &d);
     let d_ip = cd.ip_of(&d);
     assert!(c.ping(d_ip));

@@ -106,21 +106,17 @@ fn converge(sim: &mut Sim, model: &BTreeSet<Rec>, what: &str) {
 #[test]
 fn records_converge_across_50_peers_through_partitions_and_restarts() {
     let mut sim = Sim::new(Sim::seed_from_env(50));
-    let (edges, named) = sim::random_underlay(N, N, sim.seed);
-    for peers in named {
-        sim.add_host(HostSpec {
-            peers,
-            channels: Some(Box::new(move |host| {
-                let name = PeerName::from_u64(0x0200_0000_0000 + host as u64 * 0x1_0001 + 1);
-                vec![(
-                    CHANNEL.to_owned(),
-                    Box::new(NameStore::new(name, Instant::now())) as Box<dyn Gossiper>,
-                )]
-            })),
-            ..HostSpec::default()
-        });
-    }
-    sim.restrict_underlay(&edges);
+    sim.add_random_hosts(N, N, |_, peers| HostSpec {
+        peers,
+        channels: Some(Box::new(move |host| {
+            let name = Sim::name_for(host);
+            vec![(
+                CHANNEL.to_owned(),
+                Box::new(NameStore::new(name, Instant::now())) as Box<dyn Gossiper>,
+            )]
+        })),
+        ..HostSpec::default()
+    });
     for host in 0..N {
         sim.start(host);
         assert_eq!(

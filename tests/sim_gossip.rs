@@ -30,10 +30,14 @@ struct SetChannel {
     log: Rc<RefCell<Log>>,
 }
 
+/// A message of the test channel, or why it is not one.
+fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, GossipError> {
+    wire::decode(bytes).map_err(|e| GossipError::Malformed(e.to_string()))
+}
+
 impl SetChannel {
     fn merge(&mut self, update: &[u8]) -> Result<Vec<String>, GossipError> {
-        let items: Vec<String> =
-            wire::decode(update).map_err(|e| GossipError::Malformed(e.to_string()))?;
+        let items: Vec<String> = decode(update)?;
         Ok(items
             .into_iter()
             .filter(|item| self.items.insert(item.clone()))
@@ -48,8 +52,7 @@ impl Gossiper for SetChannel {
         _: PeerName,
         update: &[u8],
     ) -> Result<Option<Vec<u8>>, GossipError> {
-        let items: Vec<String> =
-            wire::decode(update).map_err(|e| GossipError::Malformed(e.to_string()))?;
+        let items: Vec<String> = decode(update)?;
         let mut log = self.log.borrow_mut();
         for item in &items {
             *log.broadcasts.entry((self.host, item.clone())).or_default() += 1;
@@ -77,8 +80,7 @@ impl Gossiper for SetChannel {
         from: PeerName,
         message: &[u8],
     ) -> Result<(), GossipError> {
-        let text: String =
-            wire::decode(message).map_err(|e| GossipError::Malformed(e.to_string()))?;
+        let text: String = decode(message)?;
         self.log.borrow_mut().unicasts.push((self.host, from, text));
         Ok(())
     }
@@ -120,10 +122,9 @@ fn build_with(
     log: &Rc<RefCell<Log>>,
     configure: Option<fn(&mut weave_mesh::MeshConfig)>,
 ) {
-    let (edges, named) = sim::random_underlay(n, n, sim.seed);
-    for peers in named {
+    sim.add_random_hosts(n, n, |_, peers| {
         let log = log.clone();
-        sim.add_host(HostSpec {
+        HostSpec {
             peers,
             configure: configure.map(|f| Box::new(f) as sim::ConfigureFn),
             channels: Some(Box::new(move |host| {
@@ -137,9 +138,8 @@ fn build_with(
                 )]
             })),
             ..HostSpec::default()
-        });
-    }
-    sim.restrict_underlay(&edges);
+        }
+    });
     for host in 0..n {
         sim.start(host);
     }

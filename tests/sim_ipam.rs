@@ -18,6 +18,8 @@
 //! core's persist queue into the host's saved state before anything is crashed: what the
 //! core produced before the crash was on disk before its gossip left.
 
+#[path = "../ipam/src/sim/requests.rs"]
+mod ipam_requests;
 mod sim;
 
 use std::cell::RefCell;
@@ -124,9 +126,7 @@ impl World {
         let mut sim = Sim::new(seed);
         sim.link.loss = 0.05;
         let boot: Boot = Rc::new(RefCell::new(vec![None; n]));
-        let names: Vec<PeerName> = (0..n)
-            .map(|i| PeerName::from_u64(0x0200_0000_0000 + i as u64 * 0x1_0001 + 1))
-            .collect();
+        let names: Vec<PeerName> = (0..n).map(Sim::name_for).collect();
         for (i, &name) in names.iter().enumerate() {
             let boot = boot.clone();
             let mut config = IpamConfig::new(range(), init.clone());
@@ -228,14 +228,8 @@ impl World {
             self.sim
                 .mesh_mut(h)
                 .with_channel::<Ipam, _>(CHANNEL, now, |ipam, _| {
-                    let mut ops = Vec::new();
-                    while let Some(op) = ipam.poll_persist() {
-                        ops.push(op);
-                    }
-                    let mut events = Vec::new();
-                    while let Some(ev) = ipam.poll_event() {
-                        events.push(ev);
-                    }
+                    let ops: Vec<_> = std::iter::from_fn(|| ipam.poll_persist()).collect();
+                    let events: Vec<_> = std::iter::from_fn(|| ipam.poll_event()).collect();
                     (ops, events)
                 })
         else {
@@ -246,33 +240,19 @@ impl World {
             node.saved.apply(op);
         }
         for event in events {
-            match event {
-                IpamEvent::Allocated {
-                    request,
-                    ident,
-                    addr,
-                } => {
-                    if node.pending.remove(&request).is_some() {
-                        node.containers.insert(ident, addr);
-                    }
-                }
-                IpamEvent::Failed { request, ident, .. } => {
-                    // A failed request (or re-claim): the container has no address.
-                    if node.pending.remove(&request).is_some() {
-                        node.containers.remove(&ident);
-                    }
-                }
-                IpamEvent::AddressDisputed { .. } => {
+            match ipam_requests::answer(&mut node.pending, &mut node.containers, event) {
+                Some(IpamEvent::AddressDisputed { .. }) => {
                     self.disputes += 1;
                     self.stats.conflicts += 1;
                 }
-                IpamEvent::Conflict(_) => {
+                Some(event @ IpamEvent::Conflict(_)) => {
                     if std::env::var_os("IPAM_SIM_TRACE").is_some() {
                         eprintln!("host {h}: {event:?}");
                     }
                     self.stats.conflicts += 1;
                 }
-                IpamEvent::RingReady => {}
+                // Answers to requests are applied; a ready ring needs nothing.
+                _ => {}
             }
         }
     }
@@ -384,14 +364,8 @@ impl World {
             return;
         }
         let k = self.below(count);
-        let ident = self.nodes[h]
-            .containers
-            .keys()
-            .nth(k)
-            .cloned()
-            .expect("index below len");
-        self.nodes[h].containers.remove(&ident);
-        self.nodes[h].pending.retain(|_, v| *v != ident);
+        let node = &mut self.nodes[h];
+        let ident = ipam_requests::remove_nth(&mut node.pending, &mut node.containers, k);
         let freed = self.call(h, |ipam, ctx| ipam.free_ident(ctx, &ident));
         self.trace(|| format!("free {ident} on {h}: {freed:?}"));
         self.stats.freed += 1;
@@ -763,11 +737,7 @@ fn many(base: u64, default_count: u64, n: usize, init: impl Fn(usize) -> InitMod
 }
 
 fn seeded(n: usize) -> InitMode {
-    InitMode::Seed(
-        (0..n)
-            .map(|i| PeerName::from_u64(0x0200_0000_0000 + i as u64 * 0x1_0001 + 1))
-            .collect(),
-    )
+    InitMode::Seed((0..n).map(Sim::name_for).collect())
 }
 
 #[test]
@@ -864,11 +834,10 @@ fn range_of(w: &World, h: HostId) -> Cidr {
 /// `init`, none started.
 fn cluster(n: usize, init: &InitMode, seed: u64) -> Sim {
     let mut sim = Sim::new(seed);
-    let (edges, named) = sim::random_underlay(n, n, seed);
-    for (i, peers) in named.into_iter().enumerate() {
+    sim.add_random_hosts(n, n, |i, peers| {
         let config = IpamConfig::new(range(), init.clone());
-        let name = PeerName::from_u64(0x0200_0000_0000 + i as u64 * 0x1_0001 + 1);
-        sim.add_host(HostSpec {
+        let name = Sim::name_for(i);
+        HostSpec {
             peers,
             channels: Some(Box::new(move |_| {
                 let mut ipam = Ipam::new(config.clone(), name).expect("valid config");
@@ -878,9 +847,8 @@ fn cluster(n: usize, init: &InitMode, seed: u64) -> Sim {
                 vec![(CHANNEL.to_owned(), Box::new(ipam) as Box<dyn Gossiper>)]
             })),
             ..HostSpec::default()
-        });
-    }
-    sim.restrict_underlay(&edges);
+        }
+    });
     sim
 }
 

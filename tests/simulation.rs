@@ -40,14 +40,8 @@ fn converge(sim: &mut Sim, limit: Duration) -> Duration {
 fn three_hosts_in_a_line_learn_each_other_through_the_middle() {
     with_seed(1, |sim| {
         let b = sim.add_host(HostSpec::default());
-        let a = sim.add_host(HostSpec {
-            peers: vec![b],
-            ..HostSpec::default()
-        });
-        let c = sim.add_host(HostSpec {
-            peers: vec![b],
-            ..HostSpec::default()
-        });
+        let a = sim.add_host(HostSpec::joining(vec![b]));
+        let c = sim.add_host(HostSpec::joining(vec![b]));
         sim.restrict_underlay(&[(a, b), (b, c)]);
         for h in [a, b, c] {
             sim.start(h);
@@ -82,16 +76,11 @@ fn three_hosts_form_a_full_mesh_through_one_seed_with_a_password() {
             password: psk,
             ..HostSpec::default()
         });
-        let b = sim.add_host(HostSpec {
-            peers: vec![seed_host],
+        let joiner = || HostSpec {
             password: psk,
-            ..HostSpec::default()
-        });
-        let c = sim.add_host(HostSpec {
-            peers: vec![seed_host],
-            password: psk,
-            ..HostSpec::default()
-        });
+            ..HostSpec::joining(vec![seed_host])
+        };
+        let (b, c) = (sim.add_host(joiner()), sim.add_host(joiner()));
         for h in [seed_host, b, c] {
             sim.start(h);
         }
@@ -131,18 +120,11 @@ fn wrong_password_cannot_join() {
 fn no_discovery_keeps_to_the_named_peers() {
     with_seed(4, |sim| {
         let hub = sim.add_host(HostSpec::default());
-        let no_discovery =
-            || -> Option<sim::ConfigureFn> { Some(Box::new(|c| c.discovery = false)) };
-        let b = sim.add_host(HostSpec {
-            peers: vec![hub],
-            configure: no_discovery(),
-            ..HostSpec::default()
-        });
-        let c = sim.add_host(HostSpec {
-            peers: vec![hub],
-            configure: no_discovery(),
-            ..HostSpec::default()
-        });
+        let no_discovery = || HostSpec {
+            configure: Some(Box::new(|c| c.discovery = false)),
+            ..HostSpec::joining(vec![hub])
+        };
+        let (b, c) = (sim.add_host(no_discovery()), sim.add_host(no_discovery()));
         for h in [hub, b, c] {
             sim.start(h);
         }
@@ -165,12 +147,7 @@ fn no_discovery_keeps_to_the_named_peers() {
 fn stopped_host_is_dropped_and_rejoins_when_restarted() {
     with_seed(5, |sim| {
         let hosts: Vec<_> = (0..4)
-            .map(|i| {
-                sim.add_host(HostSpec {
-                    peers: if i == 0 { vec![] } else { vec![0] },
-                    ..HostSpec::default()
-                })
-            })
+            .map(|i| sim.add_host(HostSpec::joining(if i == 0 { vec![] } else { vec![0] })))
             .collect();
         for &h in &hosts {
             sim.start(h);
@@ -205,14 +182,7 @@ fn fifty_hosts_random_graph_with_partitions_that_heal() {
     for default_seed in [10, 11, 12] {
         with_seed(default_seed, |sim| {
             let n = 50;
-            let (edges, named) = sim::random_underlay(n, n, sim.seed);
-            for peers in named {
-                sim.add_host(HostSpec {
-                    peers,
-                    ..HostSpec::default()
-                });
-            }
-            sim.restrict_underlay(&edges);
+            sim.add_random_hosts(n, n, |_, peers| HostSpec::joining(peers));
             sim.link.jitter = Duration::from_millis(2);
             sim.link.loss = 0.01;
             for h in 0..n {
@@ -263,14 +233,8 @@ fn fifty_hosts_random_graph_with_partitions_that_heal() {
 #[test]
 fn two_hosts_dialling_each_other_keep_one_connection() {
     with_seed(20, |sim| {
-        let a = sim.add_host(HostSpec {
-            peers: vec![1],
-            ..HostSpec::default()
-        });
-        let b = sim.add_host(HostSpec {
-            peers: vec![0],
-            ..HostSpec::default()
-        });
+        let a = sim.add_host(HostSpec::joining(vec![1]));
+        let b = sim.add_host(HostSpec::joining(vec![0]));
         sim.start(a);
         sim.start(b);
         converge(sim, Duration::from_secs(10));
@@ -292,14 +256,10 @@ fn connection_limit_refuses_extra_peers() {
             configure: Some(Box::new(|c| c.conn_limit = 1)),
             ..HostSpec::default()
         });
-        let b = sim.add_host(HostSpec {
-            peers: vec![hub],
-            ..HostSpec::default()
-        });
-        let c = sim.add_host(HostSpec {
-            peers: vec![hub],
-            ..HostSpec::default()
-        });
+        let (b, c) = (
+            sim.add_host(HostSpec::joining(vec![hub])),
+            sim.add_host(HostSpec::joining(vec![hub])),
+        );
         sim.start(hub);
         sim.start(b);
         sim.run_for(Duration::from_secs(2));
@@ -321,21 +281,13 @@ fn connection_limit_refuses_extra_peers() {
 fn two_live_peers_with_one_name_are_reported() {
     with_seed(22, |sim| {
         let hub = sim.add_host(HostSpec::default());
-        let twin = || -> Option<sim::ConfigureFn> {
-            Some(Box::new(|c| {
+        let twin = || HostSpec {
+            configure: Some(Box::new(|c| {
                 c.name = weave_mesh::PeerName::from_u64(0x0200_dead_beef)
-            }))
+            })),
+            ..HostSpec::joining(vec![hub])
         };
-        let b = sim.add_host(HostSpec {
-            peers: vec![hub],
-            configure: twin(),
-            ..HostSpec::default()
-        });
-        let c = sim.add_host(HostSpec {
-            peers: vec![hub],
-            configure: twin(),
-            ..HostSpec::default()
-        });
+        let (b, c) = (sim.add_host(twin()), sim.add_host(twin()));
         sim.start(hub);
         sim.start(b);
         sim.run_for(Duration::from_secs(2));

@@ -14,6 +14,9 @@ use weave_mesh::{GossipContext, GossipError, GossipSend, Gossiper, PeerName};
 
 use crate::{AllocResult, Cidr, InitMode, Ipam, IpamConfig, IpamEvent, RequestId, SavedState};
 
+// Shared with the simulation on the mesh, tests/sim_ipam.rs, which includes the file.
+mod requests;
+
 #[derive(Debug, Clone)]
 enum Kind {
     /// A broadcast from `origin`: `merge_received`.
@@ -210,24 +213,10 @@ impl Sim {
             node.saved.apply(&op);
         }
         while let Some(event) = ipam.poll_event() {
-            match event {
-                IpamEvent::Allocated {
-                    request,
-                    ident,
-                    addr,
-                } => {
-                    if node.pending.remove(&request).is_some() {
-                        node.containers.insert(ident, addr);
-                    }
-                }
-                IpamEvent::Failed { request, ident, .. } => {
-                    // A failed re-claim: the container loses its address (detached).
-                    if node.pending.remove(&request).is_some() {
-                        node.containers.remove(&ident);
-                    }
-                }
-                IpamEvent::AddressDisputed { .. } => self.disputes += 1,
-                IpamEvent::RingReady | IpamEvent::Conflict(_) => {}
+            if let Some(IpamEvent::AddressDisputed { .. }) =
+                requests::answer(&mut node.pending, &mut node.containers, event)
+            {
+                self.disputes += 1;
             }
         }
         let sends = node.harness.drain();
@@ -436,15 +425,8 @@ impl Sim {
             return;
         }
         let k = (self.rng.next_u64() % count as u64) as usize;
-        let ident = self.nodes[i]
-            .containers
-            .keys()
-            .nth(k)
-            .cloned()
-            .expect("index below len");
-        self.nodes[i].containers.remove(&ident);
-        // Freeing an identity also cancels its requests in progress (a re-claim).
-        self.nodes[i].pending.retain(|_, v| *v != ident);
+        let node = &mut self.nodes[i];
+        let ident = requests::remove_nth(&mut node.pending, &mut node.containers, k);
         self.call(i, |ipam, ctx| ipam.free_ident(ctx, &ident));
     }
 

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use std::os::unix::process::CommandExt;
 
+use super::{WaitError, wait_until};
+
 /// Default time limit for a foreground command.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -165,6 +167,23 @@ impl Proc {
     pub(crate) fn is_running(&self) -> bool {
         self.with_child(|c| matches!(c.try_wait(), Ok(None)))
             .unwrap_or(false)
+    }
+
+    /// Waits up to `timeout` (looking every `poll`) for it to exit by itself; `what` says
+    /// what is awaited in the error.
+    pub(crate) fn wait_exit(
+        &self,
+        what: &str,
+        timeout: Duration,
+        poll: Duration,
+    ) -> Result<(), WaitError> {
+        wait_until(what, timeout, poll, || {
+            if self.is_running() {
+                Err("still running")
+            } else {
+                Ok(())
+            }
+        })
     }
 
     /// Its exit status if it has exited.

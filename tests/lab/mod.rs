@@ -287,6 +287,19 @@ impl Lab {
         host
     }
 
+    /// Hosts with no link at all, made in order.
+    pub(crate) fn isolated_hosts<const N: usize>(&mut self, names: [&str; N]) -> [Host; N] {
+        names.map(|name| self.isolated_host(name))
+    }
+
+    /// Three hosts in a line, `a - b - c`: isolated hosts joined by the links a-b and b-c
+    /// (in that order), so a and c share no network.
+    pub(crate) fn line(&mut self, names: [&str; 3]) -> ([Host; 3], [Link; 2]) {
+        let [a, b, c] = self.isolated_hosts(names);
+        let links = [self.link(&a, &b), self.link(&b, &c)];
+        ([a, b, c], links)
+    }
+
     /// A point-to-point veth between `a` and `b` with a /30 from 198.51.100.0/24 (then
     /// 203.0.113.0/24): `a` gets the first address, `b` the second. Each end is the
     /// host's next `ethN`.
@@ -492,8 +505,13 @@ impl Node {
     /// One ping with `payload` bytes of data, optionally with Don't Fragment set (so it
     /// fails rather than fragments when a link's MTU is too small).
     pub(crate) fn ping_sized(&self, addr: Ipv4Addr, payload: usize, dont_fragment: bool) -> bool {
+        self.ping_pmtu(addr, payload, if dont_fragment { "do" } else { "dont" })
+    }
+
+    /// One ping with `payload` bytes of data and path MTU discovery `pmtu` (ping's `-M`:
+    /// "do", "want" or "dont").
+    pub(crate) fn ping_pmtu(&self, addr: Ipv4Addr, payload: usize, pmtu: &str) -> bool {
         let size = payload.to_string();
-        let pmtu = if dont_fragment { "do" } else { "dont" };
         self.cmd(&[
             "ping",
             "-n",
@@ -527,6 +545,16 @@ impl Node {
                 }
             },
         )
+    }
+
+    /// The MAC address of `ifname` here, as sysfs gives it ("02:ab:...").
+    pub(crate) fn mac(&self, ifname: &str) -> String {
+        let path = format!("/sys/class/net/{ifname}/address");
+        self.run(&["cat", &path])
+            .expect_ok()
+            .stdout
+            .trim()
+            .to_owned()
     }
 
     /// The IPv4 addresses on `ifname` here, as "a.b.c.d/len".
@@ -703,6 +731,17 @@ impl Container {
     /// The name of the host it belongs to.
     pub(crate) fn host_name(&self) -> &str {
         &self.host
+    }
+
+    /// Deletes its namespace now (`ip netns del`, nothing killed), as when a container
+    /// goes away under the daemon; the lab's teardown then finds it gone.
+    #[track_caller]
+    pub(crate) fn delete_netns(&self) {
+        let out = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output()
+            .expect("run ip");
+        assert!(out.status.success(), "ip netns del: {out:?}");
     }
 }
 

@@ -18,11 +18,54 @@ pub(crate) fn weave(host: &Host, args: &[&str]) -> String {
     host.run(&argv).expect_ok().stdout
 }
 
+/// `weave launch --nickname <the host's name> ARGS...` on `host`, expected to succeed.
+#[track_caller]
+pub(crate) fn launch(host: &Host, args: &[&str]) {
+    let mut argv = vec!["launch", "--nickname", host.name()];
+    argv.extend_from_slice(args);
+    weave(host, &argv);
+}
+
 /// `weave report` on `host`, parsed.
 #[track_caller]
 pub(crate) fn report(host: &Host) -> Value {
     let out = weave(host, &["report"]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}): {out}"))
+}
+
+/// `weave report` on `host`, parsed, or what went wrong (for polling).
+pub(crate) fn try_report(host: &Host) -> Result<Value, String> {
+    let out = host.run(&["weave", "report"]);
+    if !out.success() {
+        return Err(format!("weave report failed: {}{}", out.stdout, out.stderr));
+    }
+    serde_json::from_str(&out.stdout).map_err(|e| format!("bad JSON ({e}): {}", out.stdout))
+}
+
+/// The states of `host`'s connections in its report.
+pub(crate) fn connection_states(host: &Host) -> Result<Vec<String>, String> {
+    states(&try_report(host)?).ok_or_else(|| "no Router.Connections".to_owned())
+}
+
+/// The states of the connections in `report`, if it lists them.
+fn states(report: &Value) -> Option<Vec<String>> {
+    let connections = report["Router"]["Connections"].as_array()?;
+    Some(
+        connections
+            .iter()
+            .map(|c| c["State"].as_str().unwrap_or_default().to_owned())
+            .collect(),
+    )
+}
+
+/// `GET path` on the daemon's status port inside `host`, through bash's /dev/tcp (the
+/// lab's hosts need no HTTP client); the whole answer, headers first.
+#[track_caller]
+pub(crate) fn status_port_get(host: &Host, path: &str) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/6782; printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3"
+    );
+    host.run(&["bash", "-c", &script]).expect_ok().stdout
 }
 
 /// Waits until `host` has exactly `n` established connections.
@@ -33,13 +76,7 @@ pub(crate) fn wait_established(host: &Host, n: usize) {
         WAIT,
         POLL,
         || {
-            let r = report(host);
-            let states: Vec<String> = r["Router"]["Connections"]
-                .as_array()
-                .ok_or("no connections")?
-                .iter()
-                .map(|c| c["State"].as_str().unwrap_or_default().to_owned())
-                .collect();
+            let states = states(&report(host)).ok_or("no connections")?;
             if states.iter().filter(|s| *s == "established").count() == n {
                 Ok(())
             } else {

@@ -64,6 +64,16 @@ pub struct HostSpec {
     pub channels: Option<ChannelsFn>,
 }
 
+impl HostSpec {
+    /// A host that names `peers` to connect to, otherwise as by default.
+    pub fn joining(peers: Vec<HostId>) -> Self {
+        Self {
+            peers,
+            ..Self::default()
+        }
+    }
+}
+
 struct Host {
     name: PeerName,
     addr: SocketAddr,
@@ -201,10 +211,32 @@ impl Sim {
         self.hosts[host].name
     }
 
+    /// The peer name host `index` gets (known before it is added, for its channels).
+    pub fn name_for(index: HostId) -> PeerName {
+        PeerName::from_u64(0x0200_0000_0000 + index as u64 * 0x1_0001 + 1)
+    }
+
+    /// Adds `n` hosts (not started) on a random connected underlay of this run's seed
+    /// (see [`random_underlay`], with `extra` edges beyond its tree) and restricts the
+    /// underlay to it. `spec` makes each host's spec from its id and named peers.
+    pub fn add_random_hosts(
+        &mut self,
+        n: usize,
+        extra: usize,
+        mut spec: impl FnMut(HostId, Vec<HostId>) -> HostSpec,
+    ) {
+        let (edges, named) = random_underlay(n, extra, self.seed);
+        for peers in named {
+            let host = self.host_count();
+            self.add_host(spec(host, peers));
+        }
+        self.restrict_underlay(&edges);
+    }
+
     /// Adds a host (not started).
     pub fn add_host(&mut self, spec: HostSpec) -> HostId {
         let index = self.hosts.len();
-        let name = PeerName::from_u64(0x0200_0000_0000 + index as u64 * 0x1_0001 + 1);
+        let name = Self::name_for(index);
         self.hosts.push(Host {
             name,
             addr: Self::addr_of(index),

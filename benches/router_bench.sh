@@ -11,12 +11,14 @@
 #   DURATION=5 benches/router_bench.sh # shorter runs
 #   DURATION=0 PINGS=1000 benches/router_bench.sh  # latency only, more samples
 #   PING_INTERVAL=0.2 benches/router_bench.sh      # pings further apart (idle path)
+#   ROUNDS=5 benches/router_bench.sh   # five rounds, then the median of each figure
 #   WEAVE=path/to/weave benches/router_bench.sh  # a prebuilt binary (no build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
 PINGS=${PINGS:-100}
+ROUNDS=${ROUNDS:-1}
 PING_INTERVAL=${PING_INTERVAL:-0.01}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 if [ -z "${WEAVE:-}" ]; then
@@ -113,21 +115,40 @@ overlay() {
     unplumb
 }
 
-echo "measuring: veth baseline" >&2
-result=$(measure "$H1" 192.0.2.2 "$H2")
-read -r base_mbit base_ping base_p50 <<< "$result"
-echo "measuring: overlay, no password" >&2
-result=$(overlay)
-read -r clear_mbit clear_ping clear_p50 <<< "$result"
-echo "measuring: overlay, password" >&2
-result=$(overlay --password bench-secret)
-read -r sealed_mbit sealed_ping sealed_p50 <<< "$result"
+# One round: the baseline and both overlays, measured back to back; prints the table
+# and appends "<unenc ratio> <enc ratio> <unenc p50 +ms> <enc p50 +ms>" to $SUMMARY.
+round() {
+    echo "measuring: veth baseline" >&2
+    result=$(measure "$H1" 192.0.2.2 "$H2")
+    read -r base_mbit base_ping base_p50 <<< "$result"
+    echo "measuring: overlay, no password" >&2
+    result=$(overlay)
+    read -r clear_mbit clear_ping clear_p50 <<< "$result"
+    echo "measuring: overlay, password" >&2
+    result=$(overlay --password bench-secret)
+    read -r sealed_mbit sealed_ping sealed_p50 <<< "$result"
 
-awk -v b="$base_mbit" -v bp="$base_ping" -v bm="$base_p50" \
-    -v c="$clear_mbit" -v cp="$clear_ping" -v cm="$clear_p50" \
-    -v s="$sealed_mbit" -v sp="$sealed_ping" -v sm="$sealed_p50" 'BEGIN {
-    printf "%-22s %8s %7s %12s %9s %12s %9s\n", "path", "Gbit/s", "ratio", "ping avg ms", "avg +ms", "ping p50 ms", "p50 +ms"
-    printf "%-22s %8.2f %7.3f %12.3f %9.3f %12.3f %9.3f\n", "veth (baseline)", b/1000, 1, bp, 0, bm, 0
-    printf "%-22s %8.2f %7.3f %12.3f %9.3f %12.3f %9.3f\n", "overlay unencrypted", c/1000, (b>0?c/b:0), cp, cp-bp, cm, cm-bm
-    printf "%-22s %8.2f %7.3f %12.3f %9.3f %12.3f %9.3f\n", "overlay encrypted", s/1000, (b>0?s/b:0), sp, sp-bp, sm, sm-bm
-}'
+    awk -v b="$base_mbit" -v bp="$base_ping" -v bm="$base_p50" \
+        -v c="$clear_mbit" -v cp="$clear_ping" -v cm="$clear_p50" \
+        -v s="$sealed_mbit" -v sp="$sealed_ping" -v sm="$sealed_p50" -v out="$SUMMARY" 'BEGIN {
+        printf "%-22s %8s %7s %12s %9s %12s %9s\n", "path", "Gbit/s", "ratio", "ping avg ms", "avg +ms", "ping p50 ms", "p50 +ms"
+        printf "%-22s %8.2f %7.3f %12.3f %9.3f %12.3f %9.3f\n", "veth (baseline)", b/1000, 1, bp, 0, bm, 0
+        printf "%-22s %8.2f %7.3f %12.3f %9.3f %12.3f %9.3f\n", "overlay unencrypted", c/1000, (b>0?c/b:0), cp, cp-bp, cm, cm-bm
+        printf "%-22s %8.2f %7.3f %12.3f %9.3f %12.3f %9.3f\n", "overlay encrypted", s/1000, (b>0?s/b:0), sp, sp-bp, sm, sm-bm
+        printf "%.3f %.3f %.3f %.3f\n", (b>0?c/b:0), (b>0?s/b:0), cm-bm, sm-bm >> out
+    }'
+}
+
+SUMMARY="$DIR/summary"
+for r in $(seq 1 "$ROUNDS"); do
+    [ "$ROUNDS" -gt 1 ] && echo "round $r of $ROUNDS"
+    round
+done
+if [ "$ROUNDS" -gt 1 ]; then
+    # The median of each column over the rounds: one noisy round does not decide.
+    echo "median of $ROUNDS rounds:"
+    for col in 1 2 3 4; do
+        cut -d' ' -f"$col" "$SUMMARY" | sort -g | awk '{ v[NR] = $1 } END {
+            printf "%s ", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+    done | awk '{ printf "  ratio unencrypted %.3f, encrypted %.3f; ping p50 +%.3f / +%.3f ms\n", $1, $2, $3, $4 }'
+fi

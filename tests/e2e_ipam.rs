@@ -131,6 +131,18 @@ fn new_attached(lab: &mut Lab, host: &Host, name: &str) -> (Container, Ipv4Addr)
     (c, addr)
 }
 
+/// Empties `host`'s state directory, as a lost disk would (the daemon is stopped).
+fn wipe_state_dir(host: &Host) {
+    for entry in std::fs::read_dir(host.state_dir()).expect("state dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("remove");
+        } else {
+            std::fs::remove_file(&path).expect("remove");
+        }
+    }
+}
+
 fn in_range(addr: Ipv4Addr) -> bool {
     let a = u32::from(addr);
     (a & 0xffff_ff00) == u32::from(Ipv4Addr::new(198, 18, 0, 0))
@@ -544,15 +556,7 @@ fn a_peer_that_lost_its_data_relearns_and_allocates_no_duplicate() {
 
     // b loses its disk (state directory and all) and comes back under the same name.
     weave(&b, &["stop"]);
-    let dir = b.state_dir().to_owned();
-    for entry in std::fs::read_dir(&dir).expect("state dir") {
-        let path = entry.expect("dir entry").path();
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path).expect("remove");
-        } else {
-            std::fs::remove_file(&path).expect("remove");
-        }
-    }
+    wipe_state_dir(&b);
     launch_with(&b, &[&a, &c], range, &seed_all());
     wait_established(&b, 2);
     // It re-learns what it owns (and what it gave away) before it allocates: whatever
@@ -578,6 +582,34 @@ fn a_peer_that_lost_its_data_relearns_and_allocates_no_duplicate() {
         assert_eq!(metric(h, "weave_ipam_conflicts_total"), 0.0, "{}", h.name());
         assert_eq!(ipam_status_field(h, "Status"), "ready");
     }
+}
+
+/// The state directory is lost while containers stay attached (not `weave reset`): the
+/// daemon finds them again by their ports on the bridge and IPAM keeps their addresses,
+/// instead of handing them to the next container.
+#[test]
+fn containers_still_attached_keep_their_addresses_when_the_state_is_lost() {
+    let mut lab = Lab::new("ipam_refind", WEAVE);
+    let a = lab.host("a");
+    let alone = format!("seed={}", peer_name(&a));
+    launch_with(&a, &[], RANGE, &alone);
+    let (c1, addr1) = new_attached(&mut lab, &a, "c1");
+    let (_c2, addr2) = new_attached(&mut lab, &a, "c2");
+
+    weave(&a, &["stop"]);
+    wipe_state_dir(&a);
+    launch_with(&a, &[], RANGE, &alone);
+    let ps = weave(&a, &["ps"]);
+    for addr in [addr1, addr2] {
+        assert!(ps.contains(&format!("{addr}/")), "{addr} not in ps: {ps}");
+    }
+    let (_c3, addr3) = new_attached(&mut lab, &a, "c3");
+    assert!(![addr1, addr2].contains(&addr3), "{addr3} given out twice");
+
+    // They are really known again: detach frees c1's address for the next container.
+    weave(&a, &["detach", "--netns", c1.netns()]);
+    let (_c4, addr4) = new_attached(&mut lab, &a, "c4");
+    assert_eq!(addr4, addr1);
 }
 
 #[test]

@@ -477,6 +477,59 @@ async fn resolve(target: &Target) -> Result<Resolved, PlumbError> {
     })
 }
 
+/// Where `ip netns add` puts its namespaces.
+const NAMED_NETNS_DIR: &str = "/run/netns";
+
+/// The full IDs of the running Docker containers (none if Docker is not there or does
+/// not answer in time).
+async fn docker_running() -> Vec<String> {
+    let mut cmd = tokio::process::Command::new("docker");
+    cmd.args(["ps", "--quiet", "--no-trunc"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    match tokio::time::timeout(DOCKER_TIMEOUT, cmd.output()).await {
+        Ok(Ok(out)) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The record of a container found with its `ethwe` in place and its host end
+/// `host_ifname` on the bridge; `None` if it is not (quite) there.
+async fn found_attached(
+    resolved: Resolved,
+    target: &Target,
+    host_ifname: String,
+) -> Option<Record> {
+    let location = resolved.location?;
+    let ns = location.ns_target().open().ok()?;
+    let inner = Netlink::connect_in(&ns).await.ok()?;
+    let link = inner.link(CONTAINER_IFNAME).await.ok()??;
+    let addrs = inner.addresses(CONTAINER_IFNAME).await.ok()?;
+    let multicast_route = inner.routes().await.is_ok_and(|routes| {
+        routes
+            .iter()
+            .any(|r| r.dest == MULTICAST && r.oif == Some(link.index))
+    });
+    Some(Record {
+        identity: resolved.identity,
+        location,
+        ns: (ns.id().dev, ns.id().ino),
+        target: target.to_string(),
+        host_ifname,
+        mac: link.mac?,
+        addrs,
+        // What the lost registry knew beyond the interface (the DNS name, whether its
+        // resolv.conf was ours) is gone with it.
+        name: None,
+        docker_name: resolved.docker_name,
+        dns: false,
+        multicast_route,
+    })
+}
+
 /// Opens a target's namespace, with the user's words in the message.
 fn open_ns(location: &Location, target: &Target) -> Result<Netns, PlumbError> {
     location.ns_target().open().map_err(|err| match err {
@@ -672,7 +725,7 @@ impl Plumber {
     async fn load(&mut self) {
         match self.state.get::<Registry>(KEY_REGISTRY) {
             Ok(Some(registry)) => self.registry = registry,
-            Ok(None) => {}
+            Ok(None) => self.rediscover().await,
             Err(err) => tracing::error!(%err, "cannot read the container registry"),
         }
         let known = self.registry.containers.len();
@@ -720,6 +773,73 @@ impl Plumber {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::error!(%err, "IPAM refused the containers' addresses"),
             Err(_) => tracing::debug!("daemon stopping before IPAM got the containers' addresses"),
+        }
+    }
+
+    /// A start without a saved registry, while containers attached by an earlier run
+    /// are still on the bridge (the state directory was lost, not `weave reset`): finds
+    /// them again by the host ends we name after them, so that IPAM keeps their
+    /// addresses rather than handing them out again. Named namespaces and Docker
+    /// containers can be found; a namespace attached by path or PID cannot, and its
+    /// port is only reported.
+    async fn rediscover(&mut self) {
+        let Ok(host) = self.host() else { return };
+        let Ok(links) = host.links().await else {
+            return;
+        };
+        let Some(bridge) = links
+            .iter()
+            .find(|l| l.name == self.bridge)
+            .map(|l| l.index)
+        else {
+            return;
+        };
+        let mut ports: BTreeSet<String> = links
+            .into_iter()
+            .filter(|l| l.master == Some(bridge) && is_our_ifname(&l.name))
+            .map(|l| l.name)
+            .collect();
+        if ports.is_empty() {
+            return;
+        }
+        let mut candidates: Vec<Target> = std::fs::read_dir(NAMED_NETNS_DIR)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .map(Target::Netns)
+            .collect();
+        candidates.extend(docker_running().await.into_iter().map(Target::Container));
+        for target in candidates {
+            let Ok(resolved) = resolve(&target).await else {
+                continue;
+            };
+            let host_ifname = host_ifname(&resolved.identity);
+            if !ports.contains(&host_ifname) {
+                continue;
+            }
+            let Some(record) = found_attached(resolved, &target, host_ifname.clone()).await else {
+                continue;
+            };
+            tracing::info!(
+                "found {} ({}) attached by an earlier run with {}: keeping its addresses",
+                record.identity.ps_id(),
+                record.target,
+                crate::control::show_addrs(&record.addrs)
+            );
+            ports.remove(&host_ifname);
+            self.registry
+                .containers
+                .insert(record.identity.clone(), record);
+        }
+        for port in &ports {
+            tracing::warn!(
+                interface = %port,
+                "a container attached by an earlier run is on the bridge but cannot be found (attached by path or PID?): its addresses are not protected; detach it or attach it again"
+            );
+        }
+        if let Err(err) = self.persist() {
+            tracing::error!(%err, "cannot persist the containers found again");
         }
     }
 

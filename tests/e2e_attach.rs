@@ -502,6 +502,22 @@ fn docker_containers_can_be_attached() {
         1,
         "ps by Docker name"
     );
+    // The state directory is lost while both stay attached: a new daemon finds them
+    // again by their ports on the bridge.
+    weave(&host, &["stop"]);
+    host.wipe_state_dir();
+    launch(&host);
+    let listed = ps(&host);
+    let line = listed.iter().find(|(id, ..)| *id == short);
+    assert_eq!(
+        line.map(|l| l.2.clone()),
+        Some(vec!["198.18.0.7/15".to_owned(), "198.18.0.8/15".to_owned()]),
+        "{listed:?}"
+    );
+    assert!(
+        listed.iter().any(|l| l.2 == ["198.18.0.1/15"]),
+        "the namespace container: {listed:?}"
+    );
     // The container stops: forgotten.
     docker.remove();
     wait_forgotten(&host, &short);

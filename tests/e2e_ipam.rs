@@ -131,18 +131,6 @@ fn new_attached(lab: &mut Lab, host: &Host, name: &str) -> (Container, Ipv4Addr)
     (c, addr)
 }
 
-/// Empties `host`'s state directory, as a lost disk would (the daemon is stopped).
-fn wipe_state_dir(host: &Host) {
-    for entry in std::fs::read_dir(host.state_dir()).expect("state dir") {
-        let path = entry.expect("dir entry").path();
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path).expect("remove");
-        } else {
-            std::fs::remove_file(&path).expect("remove");
-        }
-    }
-}
-
 fn in_range(addr: Ipv4Addr) -> bool {
     let a = u32::from(addr);
     (a & 0xffff_ff00) == u32::from(Ipv4Addr::new(198, 18, 0, 0))
@@ -556,7 +544,7 @@ fn a_peer_that_lost_its_data_relearns_and_allocates_no_duplicate() {
 
     // b loses its disk (state directory and all) and comes back under the same name.
     weave(&b, &["stop"]);
-    wipe_state_dir(&b);
+    b.wipe_state_dir();
     launch_with(&b, &[&a, &c], range, &seed_all());
     wait_established(&b, 2);
     // It re-learns what it owns (and what it gave away) before it allocates: whatever
@@ -597,7 +585,7 @@ fn containers_still_attached_keep_their_addresses_when_the_state_is_lost() {
     let (_c2, addr2) = new_attached(&mut lab, &a, "c2");
 
     weave(&a, &["stop"]);
-    wipe_state_dir(&a);
+    a.wipe_state_dir();
     launch_with(&a, &[], RANGE, &alone);
     let ps = weave(&a, &["ps"]);
     for addr in [addr1, addr2] {

@@ -661,6 +661,18 @@ impl Host {
         &self.state_dir
     }
 
+    /// Empties the state directory, as a lost disk would (stop the daemon first).
+    pub(crate) fn wipe_state_dir(&self) {
+        for entry in std::fs::read_dir(&self.state_dir).expect("state dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).expect("remove");
+            } else {
+                std::fs::remove_file(&path).expect("remove");
+            }
+        }
+    }
+
     /// Turns IPv4 forwarding (routing between its links) on or off.
     pub(crate) fn set_forwarding(&self, on: bool) {
         let value = format!("net.ipv4.ip_forward={}", u8::from(on));

@@ -583,16 +583,32 @@ fn containers_still_attached_keep_their_addresses_when_the_state_is_lost() {
     launch_with(&a, &[], RANGE, &alone);
     let (c1, addr1) = new_attached(&mut lab, &a, "c1");
     let (_c2, addr2) = new_attached(&mut lab, &a, "c2");
+    // One attached by the PID of a process in its namespace.
+    let by_pid = lab.container(&a, "p1");
+    let sleeper = by_pid.spawn(&["sleep", "60"]);
+    let pid = sleeper.pid().to_string();
+    let printed = weave(&a, &["attach", "--pid", &pid]);
+    let addr_pid: Ipv4Addr = printed
+        .trim()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or_else(|e| panic!("attach printed {printed:?}: {e}"));
 
     weave(&a, &["stop"]);
     a.wipe_state_dir();
     launch_with(&a, &[], RANGE, &alone);
     let ps = weave(&a, &["ps"]);
-    for addr in [addr1, addr2] {
+    for addr in [addr1, addr2, addr_pid] {
         assert!(ps.contains(&format!("{addr}/")), "{addr} not in ps: {ps}");
     }
+    assert!(ps.contains(&format!("pid:{pid}")), "{ps}");
     let (_c3, addr3) = new_attached(&mut lab, &a, "c3");
-    assert!(![addr1, addr2].contains(&addr3), "{addr3} given out twice");
+    assert!(
+        ![addr1, addr2, addr_pid].contains(&addr3),
+        "{addr3} given out twice"
+    );
 
     // They are really known again: detach frees c1's address for the next container.
     weave(&a, &["detach", "--netns", c1.netns()]);

@@ -480,6 +480,16 @@ async fn resolve(target: &Target) -> Result<Resolved, PlumbError> {
 /// Where `ip netns add` puts its namespaces.
 const NAMED_NETNS_DIR: &str = "/run/netns";
 
+/// The names in directory `dir` (none if it cannot be read).
+fn dir_names(dir: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect()
+}
+
 /// The full IDs of the running Docker containers (none if Docker is not there or does
 /// not answer in time).
 async fn docker_running() -> Vec<String> {
@@ -779,9 +789,10 @@ impl Plumber {
     /// A start without a saved registry, while containers attached by an earlier run
     /// are still on the bridge (the state directory was lost, not `weave reset`): finds
     /// them again by the host ends we name after them, so that IPAM keeps their
-    /// addresses rather than handing them out again. Named namespaces and Docker
-    /// containers can be found; a namespace attached by path or PID cannot, and its
-    /// port is only reported.
+    /// addresses rather than handing them out again. Named namespaces (by name or
+    /// path), processes (by PID or /proc/PID/ns/net) and Docker containers can be
+    /// found; a namespace attached by another path cannot, and its port is only
+    /// reported.
     async fn rediscover(&mut self) {
         let Ok(host) = self.host() else { return };
         let Ok(links) = host.links().await else {
@@ -802,13 +813,21 @@ impl Plumber {
         if ports.is_empty() {
             return;
         }
-        let mut candidates: Vec<Target> = std::fs::read_dir(NAMED_NETNS_DIR)
+        // Every way a container can have been named whose name we can list; only those
+        // whose port is there are looked at further.
+        let named = dir_names(NAMED_NETNS_DIR);
+        let pids = dir_names("/proc")
             .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .map(Target::Netns)
-            .collect();
+            .filter_map(|n| n.parse::<u32>().ok());
+        let mut candidates: Vec<Target> = Vec::new();
+        for name in named {
+            candidates.push(Target::Netns(format!("{NAMED_NETNS_DIR}/{name}")));
+            candidates.push(Target::Netns(name));
+        }
+        for pid in pids {
+            candidates.push(Target::Pid(pid));
+            candidates.push(Target::Netns(format!("/proc/{pid}/ns/net")));
+        }
         candidates.extend(docker_running().await.into_iter().map(Target::Container));
         for target in candidates {
             let Ok(resolved) = resolve(&target).await else {
@@ -835,7 +854,7 @@ impl Plumber {
         for port in &ports {
             tracing::warn!(
                 interface = %port,
-                "a container attached by an earlier run is on the bridge but cannot be found (attached by path or PID?): its addresses are not protected; detach it or attach it again"
+                "a container attached by an earlier run is on the bridge but cannot be found (attached by a path?): its addresses are not protected; attach it again"
             );
         }
         if let Err(err) = self.persist() {

@@ -13,6 +13,8 @@
 //!   [`RouteSnapshot`] built from the mesh, and decides for each frame which peers get
 //!   a copy with which tag and whether to inject it into the TAP. It counts what it
 //!   decided, per peer.
+//! - [`fastpath`]: which peers the kernel's VXLAN device may carry frames to instead
+//!   of the sleeve, decided by probes through that very path.
 //!
 //! A typical receive path in the daemon:
 //! ```
@@ -33,6 +35,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod fastpath;
 pub mod forward;
 pub mod icmp;
 pub mod offload;

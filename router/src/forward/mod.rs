@@ -83,10 +83,13 @@ pub enum DropReason {
     RouteLoop,
     /// Its hop limit ran out before it could be relayed.
     HopLimit,
+    /// For (or flooded by) a peer the kernel fast path reaches: the kernel carries
+    /// the frame, so the sleeve's copy would be a duplicate.
+    FastPath,
 }
 
 impl DropReason {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Malformed,
         Self::LinkLocalControl,
         Self::InvalidSource,
@@ -95,6 +98,7 @@ impl DropReason {
         Self::LoopedBack,
         Self::RouteLoop,
         Self::HopLimit,
+        Self::FastPath,
     ];
 
     /// A short snake_case label, for metrics.
@@ -108,6 +112,7 @@ impl DropReason {
             Self::LoopedBack => "looped_back",
             Self::RouteLoop => "route_loop",
             Self::HopLimit => "hop_limit",
+            Self::FastPath => "fast_path",
         }
     }
 }
@@ -208,6 +213,8 @@ pub struct Forwarder {
     local: PeerName,
     config: ForwarderConfig,
     routes: RouteSnapshot,
+    /// Peers the kernel fast path reaches, sorted (see [`Forwarder::set_fast_peers`]).
+    fast: Vec<PeerName>,
     fdb: Fdb,
     next_sweep: Option<Instant>,
     events: VecDeque<Event>,
@@ -236,6 +243,7 @@ impl Forwarder {
             fdb: Fdb::new(config.max_macs),
             config,
             routes: RouteSnapshot::new(local),
+            fast: Vec::new(),
             next_sweep: None,
             events: VecDeque::new(),
             events_lost: 0,
@@ -268,6 +276,26 @@ impl Forwarder {
         &self.routes
     }
 
+    /// The peers our bridge reaches directly through the kernel's VXLAN port (see
+    /// [`crate::fastpath`]). The bridge floods a frame to both that port and our TAP,
+    /// so the sleeve must not carry a second copy to them: a unicast for such a peer
+    /// is left to the kernel, and a flood from such a peer is not injected here (the
+    /// kernel delivered it), though it still goes on down the origin's tree to peers
+    /// the fast path does not reach.
+    pub fn set_fast_peers(&mut self, mut peers: Vec<PeerName>) {
+        peers.sort_unstable();
+        peers.dedup();
+        self.fast = peers;
+    }
+
+    pub fn fast_peers(&self) -> &[PeerName] {
+        &self.fast
+    }
+
+    fn is_fast(&self, peer: PeerName) -> bool {
+        !self.fast.is_empty() && self.fast.binary_search(&peer).is_ok()
+    }
+
     /// A frame captured on our TAP.
     pub fn handle_tap_frame(&mut self, frame: &[u8], now: Instant, decision: &mut Decision) {
         decision.clear();
@@ -291,6 +319,9 @@ impl Forwarder {
         let hops = self.config.hop_limit;
         let unicast = match owner {
             Some(Owner::Local) => return self.drop_tap(decision, DropReason::LocalDestination),
+            Some(Owner::Remote(peer)) if self.is_fast(peer) => {
+                return self.drop_tap(decision, DropReason::FastPath);
+            }
             Some(Owner::Remote(peer)) => self.routes.unicast_next_hop(peer).map(|hop| (peer, hop)),
             None => None,
         };
@@ -348,10 +379,20 @@ impl Forwarder {
             return self.drop_from(from, decision, DropReason::InvalidSource);
         }
         self.learn(src, Owner::Remote(tag.src), now);
-        decision.inject = true;
-        let origin = self.peers.entry(tag.src).or_default();
-        origin.injected_frames += 1;
-        origin.injected_bytes += len as u64;
+        if self.is_fast(tag.src) {
+            // The kernel brought us its copy already.
+            decision.dropped = Some(DropReason::FastPath);
+            self.peers
+                .entry(tag.src)
+                .or_default()
+                .dropped
+                .add(DropReason::FastPath);
+        } else {
+            decision.inject = true;
+            let origin = self.peers.entry(tag.src).or_default();
+            origin.injected_frames += 1;
+            origin.injected_bytes += len as u64;
+        }
         // A frame for a MAC on our bridge ends here; anything else was flooded by its
         // origin and continues down the origin's tree.
         if !dst.is_multicast()

@@ -253,6 +253,53 @@ fn sleeve_unicast_for_a_local_mac_is_injected_only_unknown_is_flooded_on() {
 }
 
 #[test]
+fn unicast_for_a_fast_peer_is_left_to_the_kernel() {
+    let (mut f, now) = star();
+    learn_remote(&mut f, mac(22), peer(2), now);
+    learn_remote(&mut f, mac(33), peer(3), now);
+    f.set_fast_peers(vec![peer(2), peer(2)]);
+    assert_eq!(f.fast_peers(), [peer(2)]);
+    let mut d = Decision::new();
+    f.handle_tap_frame(&eth(mac(22), mac(11), 60), now, &mut d);
+    assert!(d.outputs.is_empty());
+    assert_eq!(d.dropped, Some(DropReason::FastPath));
+    assert_eq!(f.tap_counters().dropped.get(DropReason::FastPath), 1);
+    // Peers the fast path does not reach still get theirs over the sleeve, and floods
+    // still go down the whole tree (peers behind a fast one need them).
+    f.handle_tap_frame(&eth(mac(33), mac(11), 60), now, &mut d);
+    assert_eq!(d.outputs, vec![out(peer(3), peer(1), peer(3), 64)]);
+    f.handle_tap_frame(&eth(Mac::BROADCAST, mac(11), 60), now, &mut d);
+    assert_eq!(d.outputs.len(), 2);
+    f.set_fast_peers(Vec::new());
+    f.handle_tap_frame(&eth(mac(22), mac(11), 60), now, &mut d);
+    assert_eq!(d.outputs, vec![out(peer(2), peer(1), peer(2), 64)]);
+}
+
+#[test]
+fn a_flood_from_a_fast_peer_is_not_injected_but_still_relayed() {
+    let (mut f, now) = star();
+    f.set_fast_peers(vec![peer(2)]);
+    let mut d = Decision::new();
+    let tag = FrameTag {
+        src: peer(2),
+        dst: peer(1),
+        hops: 7,
+    };
+    f.handle_sleeve_frame(peer(2), tag, &eth(Mac::BROADCAST, mac(22), 60), now, &mut d);
+    assert!(!d.inject, "the kernel delivered this one");
+    assert_eq!(d.outputs, vec![out(peer(3), peer(2), peer(3), 6)]);
+    assert_eq!(f.lookup(mac(22), now), Some(Owner::Remote(peer(2))));
+    assert_eq!(
+        f.peer_counters()[&peer(2)].dropped.get(DropReason::FastPath),
+        1
+    );
+    // A peer reached only through 2 is no fast peer: its floods are injected.
+    let tag = FrameTag { src: peer(4), ..tag };
+    f.handle_sleeve_frame(peer(2), tag, &eth(Mac::BROADCAST, mac(44), 60), now, &mut d);
+    assert!(d.inject);
+}
+
+#[test]
 fn tree_leading_back_is_pruned() {
     let me = peer(1);
     let mut f = Forwarder::new(me, ForwarderConfig::default());

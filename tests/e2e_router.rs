@@ -9,7 +9,9 @@ mod lab;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use lab::weave::{connection_states, launch, report, status_port_get, wait_established};
+use lab::weave::{
+    connection_states, ip, launch, plumb, report, status_port_get, two_hosts, wait_established,
+};
 use lab::{Container, Host, Lab, wait_until};
 use serde_json::Value;
 
@@ -17,58 +19,6 @@ const WEAVE: &str = env!("CARGO_BIN_EXE_weave");
 const WAIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(200);
 const PASSWORD: &str = "s3cret-for-tests";
-
-/// Plumbs `c` into `host`'s bridge with `addr`/16 and the overlay MTU from the report.
-fn plumb(host: &Host, c: &Container, addr: Ipv4Addr) {
-    let mtu = report(host)["Router"]["OverlayMtu"]
-        .as_u64()
-        .expect("OverlayMtu in the report")
-        .to_string();
-    let host_end = format!("vw{}", c.name());
-    host.run(&[
-        "ip",
-        "link",
-        "add",
-        &host_end,
-        "mtu",
-        &mtu,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "ethwe",
-        "mtu",
-        &mtu,
-        "netns",
-        c.netns(),
-    ])
-    .expect_ok();
-    host.run(&["ip", "link", "set", &host_end, "master", "weave", "up"])
-        .expect_ok();
-    c.run(&["ip", "addr", "add", &format!("{addr}/16"), "dev", "ethwe"])
-        .expect_ok();
-    c.run(&["ip", "link", "set", "ethwe", "up"]).expect_ok();
-}
-
-fn ip(last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 0, last)
-}
-
-/// Two hosts on the underlay, a container on each; launched with `args`.
-fn two_hosts(lab: &mut Lab, args: &[&str]) -> (Host, Host, Container, Container) {
-    let (a, b) = (lab.host("a"), lab.host("b"));
-    launch(&a, args);
-    let mut b_args = args.to_vec();
-    let seed = a.ip().to_string();
-    b_args.push(&seed);
-    launch(&b, &b_args);
-    wait_established(&a, 1);
-    wait_established(&b, 1);
-    let (ca, cb) = (lab.container(&a, "ca"), lab.container(&b, "cb"));
-    plumb(&a, &ca, ip(1));
-    plumb(&b, &cb, ip(2));
-    (a, b, ca, cb)
-}
 
 /// "WEAVEWEAVEWEAVEW" as ping's hex pattern: recognisable in a capture.
 const PATTERN_HEX: &str = "57454156455745415645574541564557";
@@ -123,10 +73,12 @@ fn iperf(client: &Container, server: &Container, server_ip: Ipv4Addr) -> f64 {
         .unwrap_or_else(|| panic!("no iperf3 result in {}", out.stdout))
 }
 
+/// The sleeve without a password (the kernel fast path, used by default between
+/// direct peers without one, is off here; tests/e2e_fastdp.rs covers it).
 #[test]
 fn containers_on_two_hosts_ping_without_password() {
     let mut lab = Lab::new("router_plain", WEAVE);
-    let (a, b, ca, cb) = two_hosts(&mut lab, &[]);
+    let (a, b, ca, cb) = two_hosts(&mut lab, &["--no-fastdp"]);
     // No MAC is known yet: the first ping needs ARP, a broadcast across hosts.
     assert!(
         ca.run(&["ip", "neigh", "show", "dev", "ethwe"])
@@ -335,8 +287,9 @@ fn wrong_password_can_neither_join_nor_inject() {
 fn big_packets_on_a_1500_underlay_are_never_silently_lost() {
     let mut lab = Lab::new("router_mtu", WEAVE);
     // Containers get 8000 bytes, the underlay carries 1500: every big packet is either
-    // fragmented by the router or answered with ICMP fragmentation-needed.
-    let (a, b, ca, cb) = two_hosts(&mut lab, &["--mtu", "8000"]);
+    // fragmented by the router or answered with ICMP fragmentation-needed. (The sleeve
+    // does that; over the fast path the kernel fragments the VXLAN datagrams.)
+    let (a, b, ca, cb) = two_hosts(&mut lab, &["--mtu", "8000", "--no-fastdp"]);
     assert_eq!(report(&a)["Router"]["OverlayMtu"], 8000);
     ca.wait_ping(ip(2), WAIT).unwrap();
     // Don't Fragment: the first try is answered with frag-needed, the retry fits.

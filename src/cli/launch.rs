@@ -114,6 +114,9 @@ pub(super) fn router_args(args: &DaemonArgs, state_dir: &Path) -> Vec<OsString> 
     if args.no_discovery {
         argv.push("--no-discovery".into());
     }
+    if args.no_fastdp {
+        argv.push("--no-fastdp".into());
+    }
     // Peers were checked by clap; `--` keeps them from ever being read as flags.
     argv.push("--".into());
     argv.extend(args.peers.iter().map(OsString::from));

@@ -127,6 +127,10 @@ pub(crate) struct DaemonArgs {
     /// Maximum number of connections (0 = unlimited).
     #[arg(long, default_value_t = DEFAULT_CONN_LIMIT)]
     pub(crate) conn_limit: usize,
+    /// Carry frames only over the sleeve, never through the kernel's VXLAN fast path
+    /// (which is used between directly connected peers when there is no password).
+    #[arg(long, env = "WEAVE_NO_FASTDP")]
+    pub(crate) no_fastdp: bool,
     /// MTU of the overlay (containers' interfaces); default: what fits the underlay.
     #[arg(long, env = "WEAVE_MTU", value_parser = clap::value_parser!(u16).range(576..))]
     pub(crate) mtu: Option<u16>,

@@ -47,6 +47,7 @@ pub(super) fn daemon_config(args: DaemonArgs) -> anyhow::Result<DaemonConfig> {
         discovery: !args.no_discovery,
         conn_limit: args.conn_limit,
         mtu: args.mtu,
+        fastdp: !args.no_fastdp,
         state_dir,
         http_addr: args.http_addr,
         status_addr: args.status_addr,

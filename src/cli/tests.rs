@@ -45,6 +45,7 @@ fn launch_defaults_match_weave() {
             port: 6783,
             no_discovery: false,
             conn_limit: 200,
+            no_fastdp: false,
             mtu: None,
             state_dir: PathBuf::from("/var/lib/weave"),
             http_addr: "127.0.0.1:6784".parse().expect("literal"),
@@ -75,6 +76,7 @@ fn launch_takes_every_flag() {
         "--port",
         "6790",
         "--no-discovery",
+        "--no-fastdp",
         "--conn-limit",
         "0",
         "--mtu",
@@ -97,6 +99,7 @@ fn launch_takes_every_flag() {
     assert_eq!(a.nickname.as_deref(), Some("host1"));
     assert_eq!(a.host, Some("192.0.2.1".parse().expect("literal")));
     assert_eq!((a.port, a.no_discovery, a.conn_limit), (6790, true, 0));
+    assert!(a.no_fastdp);
     assert_eq!(a.mtu, Some(8000));
     assert_eq!(a.state_dir, PathBuf::from("/tmp/weave-state"));
     assert_eq!(a.http_addr.to_string(), "127.0.0.1:7784");
@@ -230,6 +233,7 @@ fn the_password_stays_out_of_the_routers_argv() {
         "--name",
         "02:00:00:00:00:01",
         "--no-discovery",
+        "--no-fastdp",
         "192.0.2.2",
     ]);
     let argv = launch::router_args(&a, Path::new("/var/lib/weave-test"));

@@ -134,6 +134,7 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
             host: config.host,
             port: config.port,
             mtu: config.mtu,
+            fastdp: config.fastdp,
             encrypted: config.password.is_some(),
         },
         engine_tx,
@@ -674,7 +675,8 @@ impl Daemon {
 /// (`sleeve`) and, once measured, the MTU of the path (what an IP packet in a frame
 /// through it may be).
 fn path_attrs(path: &dataplane::PathStatus) -> Vec<(String, String)> {
-    let mut attrs = vec![("name".to_owned(), "sleeve".to_owned())];
+    let overlay = if path.fast { "fastdp" } else { "sleeve" };
+    let mut attrs = vec![("name".to_owned(), overlay.to_owned())];
     if path.pmtu.is_some() {
         let mtu = path
             .max_frame

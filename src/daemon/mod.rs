@@ -25,6 +25,8 @@ pub(crate) struct DaemonConfig {
     pub(crate) conn_limit: usize,
     /// `--mtu`: the overlay MTU instead of one derived from the underlay.
     pub(crate) mtu: Option<u16>,
+    /// Use the kernel's VXLAN fast path where it works (not with a password).
+    pub(crate) fastdp: bool,
     pub(crate) state_dir: PathBuf,
     /// The HTTP API (127.0.0.1:6784).
     pub(crate) http_addr: SocketAddr,

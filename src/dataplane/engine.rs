@@ -259,6 +259,8 @@ pub(crate) struct PathStatus {
     pub(crate) max_frame: usize,
     /// Whether super-frames travel whole (fragments pass the path).
     pub(crate) fragments: bool,
+    /// Whether frames to this peer go through the kernel's fast path instead.
+    pub(crate) fast: bool,
 }
 
 /// Commands to the path thread.
@@ -324,6 +326,39 @@ impl Shared {
     fn ctl(&self, msg: Ctl) {
         // The path thread outlives the packet threads; a send after it ended is moot.
         let _ = self.ctl.send(msg);
+    }
+}
+
+/// What another task may read or change of a running engine.
+#[derive(Clone)]
+pub(crate) struct EngineView(Arc<Shared>);
+
+impl EngineView {
+    /// The UDP path of each connection, `fast` set for peers the fast path reaches.
+    pub(crate) fn paths(&self) -> BTreeMap<PeerName, PathStatus> {
+        let mut paths = self
+            .0
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let fwd = self.forwarder();
+        for (peer, path) in &mut paths {
+            path.fast = fwd.fast_peers().binary_search(peer).is_ok();
+        }
+        paths
+    }
+
+    /// Tells the forwarder which peers the kernel's fast path reaches now.
+    pub(crate) fn set_fast_peers(&self, peers: Vec<PeerName>) {
+        self.forwarder().set_fast_peers(peers);
+    }
+
+    fn forwarder(&self) -> std::sync::MutexGuard<'_, Forwarder> {
+        self.0
+            .forwarder
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -450,11 +485,12 @@ impl Engine {
 
     /// The UDP path of each connection.
     pub(crate) fn paths(&self) -> BTreeMap<PeerName, PathStatus> {
-        self.shared
-            .status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.view().paths()
+    }
+
+    /// A handle on the engine's shared state for another task (the fast path's).
+    pub(crate) fn view(&self) -> EngineView {
+        EngineView(self.shared.clone())
     }
 
     /// Stops the threads and waits for them.
@@ -1475,6 +1511,7 @@ fn publish(shared: &Shared, conns: &BTreeMap<PeerName, Conn>) {
                 pmtu: conn.path.pmtu(),
                 max_frame: entry.max_record(),
                 fragments: entry.fragments,
+                fast: false,
             },
         );
         table.peers.insert(*peer, entry);

@@ -9,6 +9,7 @@
 //! established or lost).
 
 mod engine;
+mod fastpath;
 mod routes;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ use crate::sys::{
     TUN_F_TSO6, TapOptions, attach_tap,
 };
 use engine::{Engine, EngineConfig};
+use fastpath::FastPath;
 
 /// The bridge containers are plugged into, as Weave named it.
 pub(crate) const BRIDGE: &str = "weave";
@@ -50,11 +52,16 @@ pub(crate) struct DataplaneConfig {
     /// `--mtu`: the overlay MTU, instead of one derived from the underlay.
     pub(crate) mtu: Option<u16>,
     pub(crate) encrypted: bool,
+    /// Use the kernel's VXLAN fast path where it works (never with encryption: the
+    /// kernel here has no AEAD for ESP, and VXLAN itself is clear text).
+    pub(crate) fastdp: bool,
 }
 
 /// The running data plane.
 pub(crate) struct Dataplane {
     engine: Engine,
+    /// The kernel fast path, when enabled and the kernel has VXLAN.
+    fast: Option<FastPath>,
     netlink: Netlink,
     overlay_mtu: u16,
     underlay_mtu: u32,
@@ -129,15 +136,37 @@ impl Dataplane {
         let forwarder = Forwarder::new(config.local, ForwarderConfig::default());
         let engine = Engine::start(engine_config, forwarder, socket, probe, tap, events)
             .context("cannot start the data plane threads")?;
+        let fast = if config.fastdp && !config.encrypted {
+            match FastPath::start(
+                &netlink,
+                config.local,
+                config.host,
+                config.port,
+                overlay_mtu,
+                engine.view(),
+            )
+            .await
+            {
+                Ok(fast) => Some(fast),
+                Err(err) => {
+                    tracing::warn!("no fast path, frames go over the sleeve only: {err:#}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         tracing::info!(
             overlay_mtu,
             underlay_mtu,
+            fastdp = fast.is_some(),
             recv_buffer = info.recv_buffer,
             send_buffer = info.send_buffer,
             "data plane up on bridge {BRIDGE} (port {TAP}), UDP {bind}"
         );
         Ok(Self {
             engine,
+            fast,
             netlink,
             overlay_mtu,
             underlay_mtu,
@@ -157,6 +186,9 @@ impl Dataplane {
     /// bridge and the firewall rules. Containers' interfaces stay unless the bridge goes
     /// (their host ends then lose their bridge, nothing more).
     pub(crate) async fn shutdown(mut self, reset: bool) {
+        if let Some(fast) = self.fast.take() {
+            fast.shutdown().await;
+        }
         self.engine.stop();
         drop(self.engine);
         if reset {
@@ -279,6 +311,7 @@ pub(crate) async fn remove_leftovers() -> Result<()> {
             note(anyhow::Error::new(err).context(format!("cannot remove {}", link.name)));
         }
     }
+    fastpath::remove_devices(&netlink).await;
     for name in [TAP, BRIDGE] {
         if let Err(err) = netlink.delete_link(name).await {
             note(anyhow::Error::new(err).context(format!("cannot remove {name}")));

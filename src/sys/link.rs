@@ -7,18 +7,43 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope,
 };
-use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_core::{
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::{
+    LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
+    RouteMessageBuilder,
+};
 
 use super::error::{SysError, is_errno};
 use super::netns::Netns;
 
 /// Longest interface name the kernel accepts (IFNAMSIZ less the NUL).
 pub(crate) const MAX_IFNAME: usize = 15;
+
+/// The flood-list entry for `remote` on VXLAN device `index`: the all-zero MAC, handled
+/// by the device itself (`self`), not the bridge above it.
+fn flood_entry(index: u32, remote: Ipv4Addr) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Bridge;
+    msg.header.ifindex = index;
+    msg.header.state = NeighbourState::Permanent;
+    msg.header.flags = NeighbourFlags::Own;
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
+    msg.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(remote)));
+    msg
+}
 
 /// Checks an interface name the way the kernel's `dev_valid_name` does.
 pub(crate) fn check_ifname(name: &str) -> Result<(), SysError> {
@@ -442,6 +467,155 @@ impl Netlink {
                 e,
             )),
         }
+    }
+
+    /// Creates VXLAN device `name` on UDP `port` with network identifier `vni` (any
+    /// remote may send to it; it sends to the entries of its forwarding table),
+    /// replacing one left by an earlier run so its table starts empty. With
+    /// `learning`, it learns which remote each source MAC lives behind.
+    pub(crate) async fn create_vxlan(
+        &self,
+        name: &str,
+        vni: u32,
+        port: u16,
+        learning: bool,
+        mtu: u32,
+    ) -> Result<LinkInfo, SysError> {
+        check_ifname(name)?;
+        self.delete_link(name).await?;
+        let msg = LinkVxlan::new(name, vni)
+            .port(port)
+            .learning(learning)
+            .mtu(mtu)
+            .build();
+        match self.handle.link().add(msg).execute().await {
+            Err(e) if is_errno(&e, libc::EOPNOTSUPP) => {
+                return Err(SysError::Unsupported {
+                    kind: "vxlan",
+                    source: super::error::netlink_io_error(e),
+                });
+            }
+            Err(e) => return Err(SysError::netlink(format!("creating VXLAN device {name}"), e)),
+            Ok(()) => {}
+        }
+        self.set_up(name).await?;
+        self.require(name).await
+    }
+
+    async fn set_bridge_port(
+        &self,
+        name: &str,
+        op: &str,
+        f: impl FnOnce(LinkMessageBuilder<LinkBridgePort>) -> LinkMessageBuilder<LinkBridgePort>,
+    ) -> Result<(), SysError> {
+        let link = self.require(name).await?;
+        let msg = f(LinkBridgePort::new(link.index)).build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(|e| SysError::netlink(format!("{op} {name}"), e))
+    }
+
+    /// Isolates bridge port `name`: the bridge forwards nothing between two isolated
+    /// ports (frames still reach every other port).
+    pub(crate) async fn set_port_isolated(&self, name: &str, on: bool) -> Result<(), SysError> {
+        self.set_bridge_port(name, "isolating bridge port", |b| {
+            b.append_info_data(InfoBridgePort::Isolated(on))
+        })
+        .await
+    }
+
+    /// Forgets the MACs the bridge learned behind port `name`.
+    pub(crate) async fn flush_port_fdb(&self, name: &str) -> Result<(), SysError> {
+        self.set_bridge_port(name, "flushing the MACs learned on", |b| b.fdb_flush())
+            .await
+    }
+
+    /// Adds `remote` to the flood list of VXLAN device `name` (what
+    /// `bridge fdb append 00:00:00:00:00:00 dev NAME dst REMOTE` does).
+    pub(crate) async fn vxlan_add_remote(&self, name: &str, remote: Ipv4Addr) -> Result<(), SysError> {
+        let link = self.require(name).await?;
+        let msg = flood_entry(link.index, remote);
+        self.neighbour_request(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
+        )
+        .await
+        .or_else(|e| if is_errno(&e, libc::EEXIST) { Ok(()) } else { Err(e) })
+        .map_err(|e| SysError::netlink(format!("adding {remote} to {name}'s flood list"), e))
+    }
+
+    /// Takes `remote` off the flood list of VXLAN device `name` and forgets the MACs
+    /// it learned behind `remote`.
+    pub(crate) async fn vxlan_remove_remote(
+        &self,
+        name: &str,
+        remote: Ipv4Addr,
+    ) -> Result<(), SysError> {
+        let link = self.require(name).await?;
+        let mut doomed = vec![flood_entry(link.index, remote)];
+        let mut dump = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute();
+        while let Some(msg) = dump
+            .try_next()
+            .await
+            .map_err(|e| SysError::netlink(format!("listing {name}'s forwarding table"), e))?
+        {
+            let learned_behind_remote = msg.header.ifindex == link.index
+                && msg.header.state != NeighbourState::Permanent
+                && msg.attributes.iter().any(|a| {
+                    matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) if *ip == remote)
+                });
+            if learned_behind_remote {
+                let mut entry = msg.clone();
+                entry.header.flags = NeighbourFlags::Own;
+                doomed.push(entry);
+            }
+        }
+        for msg in doomed {
+            match self
+                .neighbour_request(
+                    RouteNetlinkMessage::DelNeighbour(msg),
+                    NLM_F_REQUEST | NLM_F_ACK,
+                )
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if is_errno(&e, libc::ENOENT) => {}
+                Err(e) => {
+                    return Err(SysError::netlink(
+                        format!("removing {remote} from {name}'s forwarding table"),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// rtnetlink's neighbour requests cannot append (several flood entries share the
+    /// all-zero MAC), so these go as raw requests.
+    async fn neighbour_request(
+        &self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<(), rtnetlink::Error> {
+        let mut req = NetlinkMessage::from(msg);
+        req.header.flags = flags;
+        let mut handle = self.handle.clone();
+        let mut response = handle.request(req)?;
+        while let Some(message) = futures::StreamExt::next(&mut response).await {
+            if let NetlinkPayload::Error(err) = message.payload {
+                return Err(rtnetlink::Error::NetlinkError(err));
+            }
+        }
+        Ok(())
     }
 
     /// The IPv4 routes of the main table.

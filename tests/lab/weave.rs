@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Host, wait_until};
+use std::net::Ipv4Addr;
+
+use super::{Container, Host, Lab, wait_until};
 
 /// How long the shared waits below give the mesh (liveness is 35 s; joins take < 2 s).
 const WAIT: Duration = Duration::from_secs(30);
@@ -85,4 +87,56 @@ pub(crate) fn wait_established(host: &Host, n: usize) {
         },
     )
     .unwrap();
+}
+
+/// Plumbs `c` into `host`'s bridge with `addr`/16 and the overlay MTU from the report.
+pub(crate) fn plumb(host: &Host, c: &Container, addr: Ipv4Addr) {
+    let mtu = report(host)["Router"]["OverlayMtu"]
+        .as_u64()
+        .expect("OverlayMtu in the report")
+        .to_string();
+    let host_end = format!("vw{}", c.name());
+    host.run(&[
+        "ip",
+        "link",
+        "add",
+        &host_end,
+        "mtu",
+        &mtu,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "ethwe",
+        "mtu",
+        &mtu,
+        "netns",
+        c.netns(),
+    ])
+    .expect_ok();
+    host.run(&["ip", "link", "set", &host_end, "master", "weave", "up"])
+        .expect_ok();
+    c.run(&["ip", "addr", "add", &format!("{addr}/16"), "dev", "ethwe"])
+        .expect_ok();
+    c.run(&["ip", "link", "set", "ethwe", "up"]).expect_ok();
+}
+
+pub(crate) fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, last)
+}
+
+/// Two hosts on the underlay (198.18.0.1 and .2 for the containers), a container on each; launched with `args`.
+pub(crate) fn two_hosts(lab: &mut Lab, args: &[&str]) -> (Host, Host, Container, Container) {
+    let (a, b) = (lab.host("a"), lab.host("b"));
+    launch(&a, args);
+    let mut b_args = args.to_vec();
+    let seed = a.ip().to_string();
+    b_args.push(&seed);
+    launch(&b, &b_args);
+    wait_established(&a, 1);
+    wait_established(&b, 1);
+    let (ca, cb) = (lab.container(&a, "ca"), lab.container(&b, "cb"));
+    plumb(&a, &ca, ip(1));
+    plumb(&b, &cb, ip(2));
+    (a, b, ca, cb)
 }

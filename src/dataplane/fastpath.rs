@@ -1,0 +1,250 @@
+//! The kernel fast path: frames between containers on directly connected peers cross
+//! the kernel's VXLAN device and never come up to user space.
+//!
+//! Plumbing: `vxlan-6784` (UDP port = sleeve port + 1, learning which remote each MAC
+//! lives behind) is a port of the bridge next to the router's TAP. Both ports are
+//! *isolated*, so the bridge never passes a frame from one to the other: what arrives
+//! by VXLAN is for local containers only, and what the sleeve injects never leaves by
+//! VXLAN. `vxlan-6784-p`, off the bridge, takes the probes (a second VNI on the same
+//! port), which a packet socket reads.
+//!
+//! The task here probes every peer whose sleeve path is established and unencrypted
+//! (the pure logic is `weave_router::fastpath`). When a peer's fast path comes up its
+//! address joins the VXLAN device's flood list and the forwarder stops sending it
+//! sleeve copies; when it goes down (a probe lost three times, the connection gone)
+//! the reverse, and the kernel forgets the MACs it learned behind it. Each change
+//! flushes the MACs the bridge learned on both ports, so no frame keeps following the
+//! path it took before.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::io::unix::AsyncFd;
+use tokio::net::UdpSocket;
+use weave_mesh::PeerName;
+use weave_router::fastpath::{
+    DATA_VNI, FastPathConfig, FastPathEvent, FastPaths, PROBE_ETHERTYPE, PROBE_VNI, Probe,
+};
+
+use super::engine::EngineView;
+use super::{BRIDGE, TAP};
+use crate::sys::{Netlink, PacketSocket};
+
+/// The VXLAN port on the bridge, as Weave named its fast-path port.
+pub(crate) const VXLAN_DEV: &str = "vxlan-6784";
+/// The VXLAN device the probes arrive on.
+pub(crate) const PROBE_DEV: &str = "vxlan-6784-p";
+/// How often the candidates are re-read from the sleeve's paths.
+const RECHECK: Duration = Duration::from_millis(500);
+
+/// The running fast path; [`FastPath::shutdown`] removes its devices.
+pub(crate) struct FastPath {
+    task: tokio::task::JoinHandle<()>,
+    netlink: Netlink,
+}
+
+impl FastPath {
+    /// Creates the devices and starts probing. `port` is the sleeve's; the VXLAN
+    /// devices listen on the next one. An error leaves nothing behind: the caller
+    /// carries on with the sleeve alone.
+    pub(crate) async fn start(
+        netlink: &Netlink,
+        local: PeerName,
+        host: Option<IpAddr>,
+        port: u16,
+        overlay_mtu: u16,
+        engine: EngineView,
+    ) -> Result<Self> {
+        let started = Self::plumb(netlink, host, port, overlay_mtu).await;
+        let (probes, sender, vxlan_port) = match started {
+            Ok(parts) => parts,
+            Err(err) => {
+                remove_devices(netlink).await;
+                return Err(err);
+            }
+        };
+        let task = tokio::spawn(run(Prober {
+            core: FastPaths::new(local, FastPathConfig::default()),
+            engine,
+            netlink: netlink.clone(),
+            probes,
+            sender,
+            sleeve_port: port,
+            vxlan_port,
+            unplumbed: Vec::new(),
+        }));
+        Ok(Self {
+            task,
+            netlink: netlink.clone(),
+        })
+    }
+
+    async fn plumb(
+        netlink: &Netlink,
+        host: Option<IpAddr>,
+        port: u16,
+        overlay_mtu: u16,
+    ) -> Result<(AsyncFd<PacketSocket>, UdpSocket, u16)> {
+        let vxlan_port = port
+            .checked_add(1)
+            .context("no port above the sleeve's for VXLAN")?;
+        netlink
+            .create_vxlan(
+                VXLAN_DEV,
+                DATA_VNI,
+                vxlan_port,
+                true,
+                u32::from(overlay_mtu),
+            )
+            .await
+            .with_context(|| format!("cannot create {VXLAN_DEV}"))?;
+        netlink.set_master(VXLAN_DEV, BRIDGE).await?;
+        netlink.set_port_isolated(VXLAN_DEV, true).await?;
+        netlink.set_port_isolated(TAP, true).await?;
+        let probe_dev = netlink
+            .create_vxlan(PROBE_DEV, PROBE_VNI, vxlan_port, false, 1500)
+            .await
+            .with_context(|| format!("cannot create {PROBE_DEV}"))?;
+        let probes = PacketSocket::bind(probe_dev.index, PROBE_ETHERTYPE)?
+            .into_async()
+            .context("cannot register the probe socket")?;
+        let bind_ip = match host {
+            Some(IpAddr::V4(ip)) => ip,
+            _ => Ipv4Addr::UNSPECIFIED,
+        };
+        let sender = UdpSocket::bind(SocketAddrV4::new(bind_ip, 0))
+            .await
+            .context("cannot open a socket to send probes from")?;
+        Ok((probes, sender, vxlan_port))
+    }
+
+    /// Stops probing and removes the devices (the bridge forgets their MACs with
+    /// them, so traffic falls back to the sleeve of whoever still runs).
+    pub(crate) async fn shutdown(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        remove_devices(&self.netlink).await;
+    }
+}
+
+/// Removes the fast path's devices, if there.
+pub(crate) async fn remove_devices(netlink: &Netlink) {
+    for dev in [VXLAN_DEV, PROBE_DEV] {
+        if let Err(err) = netlink.delete_link(dev).await {
+            tracing::warn!(%err, "cannot remove {dev}");
+        }
+    }
+}
+
+struct Prober {
+    core: FastPaths,
+    engine: EngineView,
+    netlink: Netlink,
+    probes: AsyncFd<PacketSocket>,
+    sender: UdpSocket,
+    sleeve_port: u16,
+    vxlan_port: u16,
+    /// Fast peers whose flood entry the kernel refused: they stay on the sleeve.
+    unplumbed: Vec<PeerName>,
+}
+
+async fn run(mut p: Prober) {
+    let mut frame = [0u8; 256];
+    loop {
+        let now = Instant::now();
+        // Candidates: established, unencrypted sleeve paths to peers listening where
+        // we do (the VXLAN port is one above the sleeve's on both ends).
+        let offered: Vec<(PeerName, Ipv4Addr)> = p
+            .engine
+            .paths()
+            .into_iter()
+            .filter(|(_, path)| path.established && !path.encrypted)
+            .filter_map(|(peer, path)| match path.addr {
+                Some(SocketAddr::V4(a)) if a.port() == p.sleeve_port => Some((peer, *a.ip())),
+                _ => None,
+            })
+            .collect();
+        p.core.set_candidates(offered, now);
+        let mut outgoing = Vec::new();
+        p.core
+            .poll_probes(now, |addr, probe| outgoing.push((addr, probe)));
+        for (addr, probe) in outgoing {
+            let mut buf = [0u8; Probe::VXLAN_LEN];
+            let len = probe.encode_vxlan(&mut buf);
+            if let Err(err) = p
+                .sender
+                .try_send_to(&buf[..len], SocketAddr::from((addr, p.vxlan_port)))
+            {
+                tracing::debug!(%err, %addr, "fast path probe not sent");
+            }
+        }
+        apply_events(&mut p).await;
+        let wake = p
+            .core
+            .poll_timeout()
+            .map_or(now + RECHECK, |at| at.min(now + RECHECK));
+        tokio::select! {
+            () = tokio::time::sleep_until(wake.into()) => {}
+            ready = p.probes.readable() => {
+                let Ok(mut guard) = ready else {
+                    tracing::error!("the fast path's probe socket failed; probing stops");
+                    return;
+                };
+                loop {
+                    match guard.get_inner().recv(&mut frame) {
+                        Ok(n) => match Probe::decode_frame(&frame[..n]) {
+                            Ok(probe) => p.core.handle_probe(probe, Instant::now()),
+                            Err(err) => tracing::debug!(%err, "not a fast path probe"),
+                        },
+                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                            guard.clear_ready();
+                            break;
+                        }
+                        Err(err) => {
+                            tracing::warn!(%err, "reading fast path probes");
+                            guard.clear_ready();
+                            break;
+                        }
+                    }
+                }
+                apply_events(&mut p).await;
+            }
+        }
+    }
+}
+
+/// Programs the kernel and the forwarder after peers went fast or stopped.
+async fn apply_events(p: &mut Prober) {
+    let events: Vec<FastPathEvent> = std::iter::from_fn(|| p.core.poll_event()).collect();
+    if events.is_empty() {
+        return;
+    }
+    for event in &events {
+        match *event {
+            FastPathEvent::Up { peer, addr } => {
+                tracing::info!(%peer, %addr, "fast path up");
+                if let Err(err) = p.netlink.vxlan_add_remote(VXLAN_DEV, addr).await {
+                    // Without its flood entry the kernel cannot reach it: keep the sleeve.
+                    tracing::warn!(%err, %peer, "cannot add the fast path to {peer}");
+                    p.unplumbed.push(peer);
+                }
+            }
+            FastPathEvent::Down { peer, addr } => {
+                tracing::info!(%peer, %addr, "fast path down: frames go over the sleeve");
+                p.unplumbed.retain(|&q| q != peer);
+                if let Err(err) = p.netlink.vxlan_remove_remote(VXLAN_DEV, addr).await {
+                    tracing::warn!(%err, %peer, "cannot remove the fast path to {peer}");
+                }
+            }
+        }
+    }
+    let mut fast = p.core.fast_peers();
+    fast.retain(|peer| !p.unplumbed.contains(peer));
+    p.engine.set_fast_peers(fast);
+    for port in [VXLAN_DEV, TAP] {
+        if let Err(err) = p.netlink.flush_port_fdb(port).await {
+            tracing::warn!(%err, "cannot flush the MACs learned on {port}");
+        }
+    }
+}

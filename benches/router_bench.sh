@@ -3,8 +3,9 @@
 # container namespace on its `weave` bridge. In one run, single-stream TCP throughput
 # (iperf3 -t 10) and ping latency (100 pings, 10 ms apart; average and median) for:
 #   1. the plain veth between the hosts (the baseline),
-#   2. our overlay without a password,
-#   3. our overlay with a password (ChaCha20-Poly1305),
+#   2. our overlay without a password: the kernel fast path (VXLAN), the default,
+#   3. our overlay without a password over the sleeve (--no-fastdp),
+#   4. our overlay with a password: the sleeve with ChaCha20-Poly1305,
 # each with its ratio to the baseline. Needs root, iperf3, ping, ip.
 #
 #   benches/router_bench.sh            # builds release first
@@ -103,11 +104,25 @@ wait_ping() {
     return 1
 }
 
+# Waits until host $1's connection is on overlay $2 (fastdp or sleeve).
+wait_overlay() {
+    for _ in $(seq 1 100); do
+        nsx "$1" "$WEAVE" status connections 2>/dev/null | grep -q "$2" && return 0
+        sleep 0.2
+    done
+    echo "$1 never got on $2" >&2
+    return 1
+}
+
+# $1: the overlay to expect (fastdp or sleeve); the rest: launch flags.
 overlay() {
+    local expect=$1; shift
     launch "$H1" "$@"
     launch "$H2" "$@" 192.0.2.1
     plumb "$H1" "$C1" 198.18.0.1
     plumb "$H2" "$C2" 198.18.0.2
+    wait_overlay "$H1" "$expect"
+    wait_overlay "$H2" "$expect"
     wait_ping "$C1" 198.18.0.2
     measure "$C1" 198.18.0.2 "$C2"
     nsx "$H1" "$WEAVE" reset >/dev/null 2>&1 || true
@@ -115,27 +130,32 @@ overlay() {
     unplumb
 }
 
-# One round: the baseline and both overlays, measured back to back; prints the table
-# and appends "<unenc ratio> <enc ratio> <unenc p50 +ms> <enc p50 +ms>" to $SUMMARY.
+# One round: the baseline and the overlays, measured back to back; prints the table
+# and appends "<ratio> x3 <p50 +ms> x3" (fast path, sleeve, encrypted) to $SUMMARY.
 round() {
     echo "measuring: veth baseline" >&2
     result=$(measure "$H1" 192.0.2.2 "$H2")
     read -r base_mbit base_ping base_p50 <<< "$result"
-    echo "measuring: overlay, no password" >&2
-    result=$(overlay)
+    echo "measuring: overlay, no password (fast path)" >&2
+    result=$(overlay fastdp)
+    read -r fast_mbit fast_ping fast_p50 <<< "$result"
+    echo "measuring: overlay, no password, sleeve" >&2
+    result=$(overlay sleeve --no-fastdp)
     read -r clear_mbit clear_ping clear_p50 <<< "$result"
-    echo "measuring: overlay, password" >&2
-    result=$(overlay --password bench-secret)
+    echo "measuring: overlay, password (sleeve)" >&2
+    result=$(overlay sleeve --password bench-secret)
     read -r sealed_mbit sealed_ping sealed_p50 <<< "$result"
 
     awk -v b="$base_mbit" -v bp="$base_ping" -v bm="$base_p50" \
+        -v f="$fast_mbit" -v fp="$fast_ping" -v fm="$fast_p50" \
         -v c="$clear_mbit" -v cp="$clear_ping" -v cm="$clear_p50" \
         -v s="$sealed_mbit" -v sp="$sealed_ping" -v sm="$sealed_p50" -v out="$SUMMARY" 'BEGIN {
-        printf "%-22s %8s %7s %12s %9s %12s %9s\n", "path", "Gbit/s", "ratio", "ping avg ms", "avg +ms", "ping p50 ms", "p50 +ms"
-        printf "%-22s %8.2f %7.3f %12.3f %9.3f %12.3f %9.3f\n", "veth (baseline)", b/1000, 1, bp, 0, bm, 0
-        printf "%-22s %8.2f %7.3f %12.3f %9.3f %12.3f %9.3f\n", "overlay unencrypted", c/1000, (b>0?c/b:0), cp, cp-bp, cm, cm-bm
-        printf "%-22s %8.2f %7.3f %12.3f %9.3f %12.3f %9.3f\n", "overlay encrypted", s/1000, (b>0?s/b:0), sp, sp-bp, sm, sm-bm
-        printf "%.3f %.3f %.3f %.3f\n", (b>0?c/b:0), (b>0?s/b:0), cm-bm, sm-bm >> out
+        printf "%-26s %8s %7s %12s %9s %12s %9s\n", "path", "Gbit/s", "ratio", "ping avg ms", "avg +ms", "ping p50 ms", "p50 +ms"
+        printf "%-26s %8.2f %7.3f %12.3f %9.3f %12.3f %9.3f\n", "veth (baseline)", b/1000, 1, bp, 0, bm, 0
+        printf "%-26s %8.2f %7.3f %12.3f %9.3f %12.3f %9.3f\n", "unencrypted, fast path", f/1000, (b>0?f/b:0), fp, fp-bp, fm, fm-bm
+        printf "%-26s %8.2f %7.3f %12.3f %9.3f %12.3f %9.3f\n", "unencrypted, sleeve", c/1000, (b>0?c/b:0), cp, cp-bp, cm, cm-bm
+        printf "%-26s %8.2f %7.3f %12.3f %9.3f %12.3f %9.3f\n", "encrypted (sleeve)", s/1000, (b>0?s/b:0), sp, sp-bp, sm, sm-bm
+        printf "%.3f %.3f %.3f %.3f %.3f %.3f\n", (b>0?f/b:0), (b>0?c/b:0), (b>0?s/b:0), fm-bm, cm-bm, sm-bm >> out
     }'
 }
 
@@ -147,8 +167,8 @@ done
 if [ "$ROUNDS" -gt 1 ]; then
     # The median of each column over the rounds: one noisy round does not decide.
     echo "median of $ROUNDS rounds:"
-    for col in 1 2 3 4; do
+    for col in 1 2 3 4 5 6; do
         cut -d' ' -f"$col" "$SUMMARY" | sort -g | awk '{ v[NR] = $1 } END {
             printf "%s ", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
-    done | awk '{ printf "  ratio unencrypted %.3f, encrypted %.3f; ping p50 +%.3f / +%.3f ms\n", $1, $2, $3, $4 }'
+    done | awk '{ printf "  ratio fast path %.3f, sleeve %.3f, encrypted %.3f; ping p50 +%.3f / +%.3f / +%.3f ms\n", $1, $2, $3, $4, $5, $6 }'
 fi

@@ -198,10 +198,7 @@ impl FastPaths {
             if let Some(c) = self.candidates.remove(&peer)
                 && c.fast
             {
-                self.events.push(FastPathEvent::Down {
-                    peer,
-                    addr: c.addr,
-                });
+                self.events.push(FastPathEvent::Down { peer, addr: c.addr });
             }
         }
         let mut added = false;
@@ -310,15 +307,9 @@ impl FastPaths {
         if fast != c.fast {
             c.fast = fast;
             events.push(if fast {
-                FastPathEvent::Up {
-                    peer,
-                    addr: c.addr,
-                }
+                FastPathEvent::Up { peer, addr: c.addr }
             } else {
-                FastPathEvent::Down {
-                    peer,
-                    addr: c.addr,
-                }
+                FastPathEvent::Down { peer, addr: c.addr }
             });
         }
     }

@@ -5,18 +5,19 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
-};
-use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope,
-};
 use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo,
+    LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{
@@ -41,7 +42,9 @@ fn flood_entry(index: u32, remote: Ipv4Addr) -> NeighbourMessage {
     msg.attributes
         .push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
     msg.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(remote)));
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+            remote,
+        )));
     msg
 }
 
@@ -495,7 +498,12 @@ impl Netlink {
                     source: super::error::netlink_io_error(e),
                 });
             }
-            Err(e) => return Err(SysError::netlink(format!("creating VXLAN device {name}"), e)),
+            Err(e) => {
+                return Err(SysError::netlink(
+                    format!("creating VXLAN device {name}"),
+                    e,
+                ));
+            }
             Ok(()) => {}
         }
         self.set_up(name).await?;
@@ -535,7 +543,11 @@ impl Netlink {
 
     /// Adds `remote` to the flood list of VXLAN device `name` (what
     /// `bridge fdb append 00:00:00:00:00:00 dev NAME dst REMOTE` does).
-    pub(crate) async fn vxlan_add_remote(&self, name: &str, remote: Ipv4Addr) -> Result<(), SysError> {
+    pub(crate) async fn vxlan_add_remote(
+        &self,
+        name: &str,
+        remote: Ipv4Addr,
+    ) -> Result<(), SysError> {
         let link = self.require(name).await?;
         let msg = flood_entry(link.index, remote);
         self.neighbour_request(
@@ -543,7 +555,13 @@ impl Netlink {
             NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
         )
         .await
-        .or_else(|e| if is_errno(&e, libc::EEXIST) { Ok(()) } else { Err(e) })
+        .or_else(|e| {
+            if is_errno(&e, libc::EEXIST) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
         .map_err(|e| SysError::netlink(format!("adding {remote} to {name}'s flood list"), e))
     }
 

@@ -85,7 +85,10 @@ fn one_way_loss_keeps_both_ends_off_the_fast_path() {
     let mut pair = Pair::new();
     pair.run(Duration::from_secs(10), true, false);
     assert!(pair.a.fast_peers().is_empty());
-    assert!(pair.b.fast_peers().is_empty(), "b hears a, but a does not hear b");
+    assert!(
+        pair.b.fast_peers().is_empty(),
+        "b hears a, but a does not hear b"
+    );
     assert_eq!(pair.events(), (vec![], vec![]));
 }
 
@@ -125,7 +128,8 @@ fn a_withdrawn_or_moved_candidate_goes_down_at_once() {
     pair.run(Duration::from_secs(1), true, true);
     pair.events();
     let now = pair.now;
-    pair.a.set_candidates([(name(2), Ipv4Addr::new(198, 18, 0, 9))], now);
+    pair.a
+        .set_candidates([(name(2), Ipv4Addr::new(198, 18, 0, 9))], now);
     assert_eq!(
         pair.a.poll_event(),
         Some(FastPathEvent::Down {
@@ -168,7 +172,10 @@ fn our_own_name_is_never_a_candidate() {
     let now = Instant::now();
     let mut a = FastPaths::new(name(1), FastPathConfig::default());
     a.set_candidates([(name(1), A_ADDR), (name(2), B_ADDR)], now);
-    assert_eq!(a.candidates().keys().copied().collect::<Vec<_>>(), [name(2)]);
+    assert_eq!(
+        a.candidates().keys().copied().collect::<Vec<_>>(),
+        [name(2)]
+    );
 }
 
 #[test]

@@ -290,11 +290,16 @@ fn a_flood_from_a_fast_peer_is_not_injected_but_still_relayed() {
     assert_eq!(d.outputs, vec![out(peer(3), peer(2), peer(3), 6)]);
     assert_eq!(f.lookup(mac(22), now), Some(Owner::Remote(peer(2))));
     assert_eq!(
-        f.peer_counters()[&peer(2)].dropped.get(DropReason::FastPath),
+        f.peer_counters()[&peer(2)]
+            .dropped
+            .get(DropReason::FastPath),
         1
     );
     // A peer reached only through 2 is no fast peer: its floods are injected.
-    let tag = FrameTag { src: peer(4), ..tag };
+    let tag = FrameTag {
+        src: peer(4),
+        ..tag
+    };
     f.handle_sleeve_frame(peer(2), tag, &eth(Mac::BROADCAST, mac(44), 60), now, &mut d);
     assert!(d.inject);
 }

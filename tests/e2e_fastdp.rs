@@ -56,12 +56,22 @@ fn pings_once_each(from: &Container, to: Ipv4Addr, count: u32, broadcast: bool) 
     out.stdout
 }
 
-/// Frames `host`'s sleeve injected that `peer` (by name) captured.
-fn injected_from(host: &Host, peer: &str) -> u64 {
+/// One of `host`'s per-peer frame counters for `peer` (by name).
+fn peer_counter(host: &Host, peer: &str, counter: &str) -> u64 {
     report(host)["Router"]["DataPlane"]["Peers"]
         .as_array()
         .and_then(|peers| peers.iter().find(|p| p["Name"] == peer))
-        .map_or(0, |p| p["InjectedFrames"].as_u64().unwrap_or(0))
+        .map_or(0, |p| p[counter].as_u64().unwrap_or(0))
+}
+
+/// Frames `host`'s sleeve injected that `peer` captured.
+fn injected_from(host: &Host, peer: &str) -> u64 {
+    peer_counter(host, peer, "InjectedFrames")
+}
+
+/// Frames from `host`'s TAP that its sleeve sent to `peer`.
+fn sleeve_sent_to(host: &Host, peer: &str) -> u64 {
+    peer_counter(host, peer, "ForwardedFrames")
 }
 
 fn name(host: &Host) -> String {
@@ -83,8 +93,9 @@ fn direct_peers_without_a_password_take_the_kernel_fast_path() {
     wait_overlay(&b, "fastdp", 1);
     assert!(has_link(&a, "vxlan-6784"));
     ca.wait_ping(ip(2), WAIT).unwrap();
-    let a_name = name(&a);
+    let (a_name, b_name) = (name(&a), name(&b));
     let before = injected_from(&b, &a_name);
+    let sent_before = sleeve_sent_to(&a, &b_name);
     pings_once_each(&ca, ip(2), 20, false);
     pings_once_each(&cb, ip(1), 20, false);
     // IP broadcast (and the ARP before it) crosses once, by the kernel.
@@ -97,6 +108,11 @@ fn direct_peers_without_a_password_take_the_kernel_fast_path() {
         injected_from(&b, &a_name),
         before,
         "the sleeve delivered frames the kernel carried"
+    );
+    assert_eq!(
+        sleeve_sent_to(&a, &b_name),
+        sent_before,
+        "the sleeve carried copies of unicasts or floods that only b needed"
     );
     // On the underlay the frames are VXLAN on UDP 6784.
     let cap = a.spawn(&[

@@ -16,10 +16,11 @@ pub(crate) fn snapshot(
     origins: impl IntoIterator<Item = PeerName>,
     mut broadcast_hops: impl FnMut(PeerName) -> Vec<PeerName>,
 ) -> RouteSnapshot {
-    let unicast = unicast
+    let unicast: Vec<(PeerName, PeerName)> = unicast
         .iter()
         .filter(|(dst, hop)| **dst != local && **hop != local)
-        .map(|(dst, hop)| (*dst, *hop));
+        .map(|(dst, hop)| (*dst, *hop))
+        .collect();
     let broadcast: Vec<(PeerName, Vec<PeerName>)> = origins
         .into_iter()
         .map(|origin| {
@@ -30,7 +31,24 @@ pub(crate) fn snapshot(
         })
         .filter(|(_, hops)| !hops.is_empty())
         .collect();
-    RouteSnapshot::from_parts(local, unicast, broadcast)
+    // The mesh takes our unicast routes and our own broadcast tree from one search
+    // rooted at us, so the peers our floods reach through a next hop are exactly those
+    // whose unicast route starts with it.
+    let own_hops: Vec<PeerName> = broadcast
+        .iter()
+        .find(|(origin, _)| *origin == local)
+        .map(|(_, hops)| hops.clone())
+        .unwrap_or_default();
+    let mut snapshot = RouteSnapshot::from_parts(local, unicast.iter().copied(), broadcast);
+    for hop in own_hops {
+        let reach = unicast
+            .iter()
+            .filter(|(_, next)| *next == hop)
+            .map(|(dst, _)| *dst)
+            .collect();
+        snapshot.set_own_flood_reach(hop, reach);
+    }
+    snapshot
 }
 
 #[cfg(test)]
@@ -60,6 +78,8 @@ mod tests {
         assert_eq!(s.broadcast_next_hops(a), &[c]);
         assert_eq!(s.broadcast_next_hops(c), &[a]);
         assert_eq!(s.broadcast_next_hops(b), &[a, c]);
+        assert_eq!(s.own_flood_reach(a), Some(&[a][..]));
+        assert_eq!(s.own_flood_reach(c), Some(&[c][..]));
 
         // From A: C is reached through B; A's floods go to B only, and A is a leaf of
         // everyone else's tree.
@@ -70,6 +90,8 @@ mod tests {
         assert_eq!(s.broadcast_next_hops(a), &[b]);
         assert!(s.broadcast_next_hops(b).is_empty());
         assert!(s.broadcast_next_hops(c).is_empty());
+        assert_eq!(s.own_flood_reach(b), Some(&[b, c][..]), "C is behind B");
+        assert_eq!(s.own_flood_reach(c), None, "not one of our next hops");
     }
 
     #[test]

@@ -215,6 +215,9 @@ pub struct Forwarder {
     routes: RouteSnapshot,
     /// Peers the kernel fast path reaches, sorted (see [`Forwarder::set_fast_peers`]).
     fast: Vec<PeerName>,
+    /// Where our own floods go over the sleeve: our broadcast next hops, less those
+    /// whose whole subtree the fast path reaches (see [`Forwarder::set_fast_peers`]).
+    own_flood_hops: Vec<PeerName>,
     fdb: Fdb,
     next_sweep: Option<Instant>,
     events: VecDeque<Event>,
@@ -244,6 +247,7 @@ impl Forwarder {
             config,
             routes: RouteSnapshot::new(local),
             fast: Vec::new(),
+            own_flood_hops: Vec::new(),
             next_sweep: None,
             events: VecDeque::new(),
             events_lost: 0,
@@ -269,6 +273,7 @@ impl Forwarder {
             });
         }
         self.routes = routes;
+        self.prune_own_floods();
         Ok(())
     }
 
@@ -281,11 +286,38 @@ impl Forwarder {
     /// so the sleeve must not carry a second copy to them: a unicast for such a peer
     /// is left to the kernel, and a flood from such a peer is not injected here (the
     /// kernel delivered it), though it still goes on down the origin's tree to peers
-    /// the fast path does not reach.
+    /// the fast path does not reach. Our own floods skip the sleeve copy to a next hop
+    /// whose whole subtree (as the routes give it) is fast: the kernel's VXLAN flood
+    /// reached each of them directly. (Floods we relay for others are not pruned: we do
+    /// not know which peers the origin's fast path reaches.)
     pub fn set_fast_peers(&mut self, mut peers: Vec<PeerName>) {
         peers.sort_unstable();
         peers.dedup();
         self.fast = peers;
+        self.prune_own_floods();
+    }
+
+    fn prune_own_floods(&mut self) {
+        let routes = &self.routes;
+        let fast = &self.fast;
+        let is_fast = |peer: &PeerName| fast.binary_search(peer).is_ok();
+        self.own_flood_hops = routes
+            .broadcast_next_hops(self.local)
+            .iter()
+            .copied()
+            .filter(|hop| {
+                let all_fast = is_fast(hop)
+                    && routes
+                        .own_flood_reach(*hop)
+                        .is_some_and(|reach| reach.iter().all(is_fast));
+                !all_fast
+            })
+            .collect();
+    }
+
+    /// Where our own floods go over the sleeve (see [`Forwarder::set_fast_peers`]).
+    pub fn own_flood_hops(&self) -> &[PeerName] {
+        &self.own_flood_hops
     }
 
     pub fn fast_peers(&self) -> &[PeerName] {
@@ -337,7 +369,7 @@ impl Forwarder {
         }
         // Broadcast, multicast, unknown unicast, and a MAC whose peer we cannot reach
         // (probably stale: if it moved, its new host still gets the frame) flood.
-        for &next_hop in self.routes.broadcast_next_hops(self.local) {
+        for &next_hop in &self.own_flood_hops {
             let tag = FrameTag {
                 src: self.local,
                 dst: next_hop,

@@ -15,6 +15,10 @@ pub struct RouteSnapshot {
     local: PeerName,
     unicast: HashMap<PeerName, PeerName>,
     broadcast: HashMap<PeerName, Box<[PeerName]>>,
+    /// For each next hop of our own floods, every peer our floods reach through it (the
+    /// next hop included), where known: what lets the forwarder skip a sleeve copy that
+    /// only fast-path peers would receive.
+    own_flood_reach: HashMap<PeerName, Box<[PeerName]>>,
 }
 
 impl RouteSnapshot {
@@ -24,6 +28,7 @@ impl RouteSnapshot {
             local,
             unicast: HashMap::new(),
             broadcast: HashMap::new(),
+            own_flood_reach: HashMap::new(),
         }
     }
 
@@ -42,6 +47,7 @@ impl RouteSnapshot {
                 .into_iter()
                 .map(|(origin, hops)| (origin, hops.into_boxed_slice()))
                 .collect(),
+            own_flood_reach: HashMap::new(),
         }
     }
 
@@ -51,6 +57,18 @@ impl RouteSnapshot {
 
     pub fn set_broadcast(&mut self, origin: PeerName, next_hops: Vec<PeerName>) {
         self.broadcast.insert(origin, next_hops.into_boxed_slice());
+    }
+
+    /// Records that our own floods sent to `next_hop` reach exactly `peers` (which
+    /// includes `next_hop`): its subtree in our broadcast tree.
+    pub fn set_own_flood_reach(&mut self, next_hop: PeerName, peers: Vec<PeerName>) {
+        self.own_flood_reach
+            .insert(next_hop, peers.into_boxed_slice());
+    }
+
+    /// The peers our own floods reach through `next_hop`; `None` if not known.
+    pub fn own_flood_reach(&self, next_hop: PeerName) -> Option<&[PeerName]> {
+        self.own_flood_reach.get(&next_hop).map(|peers| &**peers)
     }
 
     pub fn local(&self) -> PeerName {

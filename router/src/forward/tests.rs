@@ -265,7 +265,8 @@ fn unicast_for_a_fast_peer_is_left_to_the_kernel() {
     assert_eq!(d.dropped, Some(DropReason::FastPath));
     assert_eq!(f.tap_counters().dropped.get(DropReason::FastPath), 1);
     // Peers the fast path does not reach still get theirs over the sleeve, and floods
-    // still go down the whole tree (peers behind a fast one need them).
+    // still go down the whole tree (without the reach of each next hop in the routes,
+    // nothing is known to be all fast).
     f.handle_tap_frame(&eth(mac(33), mac(11), 60), now, &mut d);
     assert_eq!(d.outputs, vec![out(peer(3), peer(1), peer(3), 64)]);
     f.handle_tap_frame(&eth(Mac::BROADCAST, mac(11), 60), now, &mut d);
@@ -273,6 +274,57 @@ fn unicast_for_a_fast_peer_is_left_to_the_kernel() {
     f.set_fast_peers(Vec::new());
     f.handle_tap_frame(&eth(mac(22), mac(11), 60), now, &mut d);
     assert_eq!(d.outputs, vec![out(peer(2), peer(1), peer(2), 64)]);
+}
+
+/// The star with the reach of our own floods: 2 and 4 behind 2, 3 alone.
+fn star_with_reach() -> (Forwarder, Instant) {
+    let (mut f, now) = star();
+    let mut routes = f.routes().clone();
+    routes.set_own_flood_reach(peer(2), vec![peer(2), peer(4)]);
+    routes.set_own_flood_reach(peer(3), vec![peer(3)]);
+    f.set_routes(routes).unwrap();
+    (f, now)
+}
+
+#[test]
+fn own_floods_skip_the_sleeve_only_where_the_whole_subtree_is_fast() {
+    let (mut f, now) = star_with_reach();
+    let mut d = Decision::new();
+    let broadcast = eth(Mac::BROADCAST, mac(11), 60);
+    let hops = |d: &Decision| d.outputs.iter().map(|o| o.next_hop).collect::<Vec<_>>();
+    f.handle_tap_frame(&broadcast, now, &mut d);
+    assert_eq!(hops(&d), [peer(2), peer(3)]);
+    // 3 is fast and alone behind itself: the kernel's copy is all it needs.
+    f.set_fast_peers(vec![peer(3)]);
+    f.handle_tap_frame(&broadcast, now, &mut d);
+    assert_eq!(hops(&d), [peer(2)]);
+    // 2 is fast but 4 behind it is not: 2 still gets a sleeve copy to pass on.
+    f.set_fast_peers(vec![peer(2), peer(3)]);
+    f.handle_tap_frame(&broadcast, now, &mut d);
+    assert_eq!(hops(&d), [peer(2)]);
+    assert_eq!(f.own_flood_hops(), [peer(2)]);
+    // Everyone fast: nothing goes over the sleeve, and nothing counts as dropped.
+    f.set_fast_peers(vec![peer(2), peer(3), peer(4)]);
+    f.handle_tap_frame(&broadcast, now, &mut d);
+    assert!(d.outputs.is_empty());
+    assert_eq!(d.dropped, None);
+    // Unknown unicast floods the same way; floods relayed for others are not pruned.
+    f.handle_tap_frame(&eth(mac(99), mac(11), 60), now, &mut d);
+    assert!(d.outputs.is_empty());
+    let tag = FrameTag {
+        src: peer(2),
+        dst: peer(1),
+        hops: 7,
+    };
+    f.handle_sleeve_frame(peer(2), tag, &eth(Mac::BROADCAST, mac(22), 60), now, &mut d);
+    assert_eq!(hops(&d), [peer(3)]);
+    // New routes without reach (or the fast path gone): full floods again.
+    f.set_fast_peers(Vec::new());
+    f.handle_tap_frame(&broadcast, now, &mut d);
+    assert_eq!(hops(&d), [peer(2), peer(3)]);
+    let (mut plain, _) = star();
+    plain.set_fast_peers(vec![peer(2), peer(3), peer(4)]);
+    assert_eq!(plain.own_flood_hops(), [peer(2), peer(3)]);
 }
 
 #[test]
@@ -532,7 +584,7 @@ fn bfs(
 
 /// How broadcast next hops are derived; both give exactly-once delivery on a stable
 /// topology, and the forwarder must work with either.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Trees {
     /// Weave's: my neighbours that the origin's BFS had not found when it got to me.
     WeavePruned,
@@ -579,11 +631,42 @@ fn snapshot(graph: &Graph, me: PeerName, trees: Trees) -> RouteSnapshot {
         };
         broadcast.push((origin, hops));
     }
-    RouteSnapshot::from_parts(me, unicast, broadcast)
+    let mut snapshot = RouteSnapshot::from_parts(me, unicast, broadcast);
+    if trees == Trees::SpanningChildren {
+        // Our own tree's subtrees, as the daemon derives them (there from unicast).
+        let parent: BTreeMap<PeerName, PeerName> = parents(graph, me).into_iter().collect();
+        let mut reach: BTreeMap<PeerName, Vec<PeerName>> = BTreeMap::new();
+        for &peer in parent.keys() {
+            let mut child = peer;
+            while parent[&child] != me {
+                child = parent[&child];
+            }
+            reach.entry(child).or_default().push(peer);
+        }
+        for (hop, peers) in reach {
+            snapshot.set_own_flood_reach(hop, peers);
+        }
+    }
+    snapshot
 }
 
+/// A bridge port a host's bridge learned a MAC on: our TAP (the sleeve) or the VXLAN
+/// port with the peer behind it (the kernel fast path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    Tap,
+    Vxlan(PeerName),
+}
+
+/// The forwarders of a whole mesh, and around them a model of each host's bridge and
+/// kernel fast path: the bridge learns where MACs are, sends a frame for a MAC learned
+/// behind the VXLAN port straight to that peer's kernel, and floods anything else to
+/// our TAP and to every fast peer (the two ports are isolated: nothing crosses from
+/// one overlay to the other).
 struct Mesh {
     hosts: BTreeMap<PeerName, (Forwarder, Mac)>,
+    bridges: BTreeMap<PeerName, BTreeMap<Mac, Port>>,
+    fast: BTreeMap<PeerName, Vec<PeerName>>,
     now: Instant,
 }
 
@@ -600,19 +683,83 @@ impl Mesh {
             .collect();
         Self {
             hosts,
+            bridges: BTreeMap::new(),
+            fast: BTreeMap::new(),
             now: Instant::now(),
         }
     }
 
-    /// Sends `frame` from `origin`'s TAP and runs the mesh until quiet. Every hop goes
-    /// through the sleeve encoder and decoder. Returns how often each host injected it.
+    /// Turns the fast path on for every edge `fast_edge(a, b)` (asked with `a < b`).
+    fn with_fast_path(
+        mut self,
+        graph: &Graph,
+        fast_edge: impl Fn(PeerName, PeerName) -> bool,
+    ) -> Self {
+        for (&p, neighbours) in graph {
+            let fast: Vec<PeerName> = neighbours
+                .iter()
+                .copied()
+                .filter(|&n| fast_edge(p.min(n), p.max(n)))
+                .collect();
+            self.hosts
+                .get_mut(&p)
+                .unwrap()
+                .0
+                .set_fast_peers(fast.clone());
+            self.fast.insert(p, fast);
+        }
+        self
+    }
+
+    fn is_fast(&self, host: PeerName, peer: PeerName) -> bool {
+        self.fast.get(&host).is_some_and(|f| f.contains(&peer))
+    }
+
+    /// `host`'s bridge takes `frame` from `port`: learns its source, hands it to the
+    /// container (counted in `delivered`).
+    fn deliver(
+        &mut self,
+        host: PeerName,
+        frame: &[u8],
+        port: Port,
+        delivered: &mut BTreeMap<PeerName, usize>,
+    ) {
+        let (_, src) = macs(frame).unwrap();
+        self.bridges.entry(host).or_default().insert(src, port);
+        *delivered.entry(host).or_insert(0) += 1;
+    }
+
+    /// Sends `frame` from a container on `origin` and runs the mesh until quiet. Every
+    /// sleeve hop goes through the sleeve encoder and decoder. Returns how often each
+    /// host delivered it to its containers (by the sleeve or by the kernel).
     fn run(&mut self, origin: PeerName, frame: &[u8]) -> BTreeMap<PeerName, usize> {
         let mut injected = BTreeMap::new();
         let mut d = Decision::new();
         let mut queue = VecDeque::new();
+        let (dst, _) = macs(frame).unwrap();
+        let port = if dst.is_multicast() {
+            None
+        } else {
+            self.bridges.get(&origin).and_then(|b| b.get(&dst)).copied()
+        };
+        let kernel_to = match port {
+            Some(Port::Vxlan(peer)) => vec![peer],
+            Some(Port::Tap) => Vec::new(),
+            None => self.fast.get(&origin).cloned().unwrap_or_default(),
+        };
+        for peer in kernel_to {
+            self.deliver(peer, frame, Port::Vxlan(origin), &mut injected);
+        }
+        if matches!(port, Some(Port::Vxlan(_))) {
+            return injected;
+        }
         let (f, _) = self.hosts.get_mut(&origin).unwrap();
         f.handle_tap_frame(frame, self.now, &mut d);
         assert!(!d.inject);
+        assert_eq!(
+            d.dropped, None,
+            "the bridge sends the TAP only what the sleeve carries"
+        );
         for o in &d.outputs {
             queue.push_back((origin, *o));
         }
@@ -634,9 +781,15 @@ impl Mesh {
             assert_eq!(got.payload, frame);
             let (f, _) = self.hosts.get_mut(&o.next_hop).unwrap();
             f.handle_sleeve_frame(from, got.tag, got.payload, self.now, &mut d);
-            assert_eq!(d.dropped, None, "{from} -> {}: {:?}", o.next_hop, got.tag);
+            let kernel_had_it = got.tag.dst == o.next_hop && self.is_fast(o.next_hop, got.tag.src);
+            let expected_drop = kernel_had_it.then_some(DropReason::FastPath);
+            assert_eq!(
+                d.dropped, expected_drop,
+                "{from} -> {}: {:?}",
+                o.next_hop, got.tag
+            );
             if d.inject {
-                *injected.entry(o.next_hop).or_insert(0) += 1;
+                self.deliver(o.next_hop, frame, Port::Tap, &mut injected);
             }
             for next in &d.outputs {
                 queue.push_back((o.next_hop, *next));
@@ -687,9 +840,16 @@ proptest! {
     fn floods_reach_every_host_exactly_once_and_unicasts_only_their_owner(
         graph in arb_graph(),
         spanning in any::<bool>(),
+        fast_edges in any::<u64>(),
     ) {
         let trees = if spanning { Trees::SpanningChildren } else { Trees::WeavePruned };
-        let mut mesh = Mesh::new(&graph, trees);
+        // Some direct links carry a kernel fast path (none at all in a quarter of cases).
+        let names: Vec<PeerName> = graph.keys().copied().collect();
+        let position = |p: PeerName| names.iter().position(|&n| n == p).unwrap();
+        let fast_edge = |a: PeerName, b: PeerName| {
+            fast_edges & 3 != 0 && fast_edges >> ((position(a) * 5 + position(b)) % 62 + 2) & 1 == 1
+        };
+        let mut mesh = Mesh::new(&graph, trees).with_fast_path(&graph, fast_edge);
         let peers: Vec<PeerName> = graph.keys().copied().collect();
         let macs: BTreeMap<PeerName, Mac> = mesh.hosts.iter().map(|(&p, (_, m))| (p, *m)).collect();
 

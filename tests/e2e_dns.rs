@@ -392,6 +392,75 @@ fn names_come_back_after_a_restart_and_reset_restores_resolv_conf() {
     assert!(!etc_of(one.netns()).join("resolv.conf").exists());
 }
 
+/// A host whose state directory is lost while its containers stay attached (not
+/// `weave reset`): at the next launch it finds them again, serves their DNS again (their
+/// resolv.conf still points at the server in their namespace) and takes their names
+/// back from the peers that still hold them, instead of deleting them mesh-wide.
+#[test]
+fn names_of_containers_found_again_survive_a_lost_state_directory() {
+    let mut lab = Lab::new("dns_lost", WEAVE);
+    let (a, b) = (lab.host("a"), lab.host("b"));
+    launch(&b, &[]);
+    let seed = b.ip().to_string();
+    launch(&a, &[&seed]);
+    wait_established(&b, 1);
+    let (db, web) = (lab.container(&a, "db"), lab.container(&b, "web"));
+    attach_named(&a, "198.18.1.1/16", "db", &["--netns", db.netns()]);
+    attach_named(&b, "198.18.2.1/16", "web", &["--netns", web.netns()]);
+    wait_dig(&web, "db.weave.local", &["198.18.1.1"]);
+    wait_dig(&db, "web.weave.local", &["198.18.2.1"]);
+    // A name a's earlier run deleted stays deleted.
+    let db_ns = ["--netns", db.netns()];
+    weave(
+        &a,
+        &[&["dns-add", "198.18.1.1", "-h", "old-db"][..], &db_ns].concat(),
+    );
+    wait_dig(&web, "old-db.weave.local", &["198.18.1.1"]);
+    weave(
+        &a,
+        &[&["dns-remove", "198.18.1.1", "-h", "old-db"][..], &db_ns].concat(),
+    );
+    wait_dig(&web, "old-db.weave.local", &[]);
+
+    let name = peer_name(&a);
+    weave(&a, &["stop"]);
+    a.wipe_state_dir();
+    launch(&a, &[&seed]);
+    wait_established(&a, 1);
+    assert_eq!(peer_name(&a), name, "the bridge remembers whose it is");
+    // db's own lookups work again, and its name is back (or never went) everywhere.
+    wait_dig(&db, "web.weave.local", &["198.18.2.1"]);
+    wait_dig(&db, "db.weave.local", &["198.18.1.1"]);
+    wait_dig(&web, "db.weave.local", &["198.18.1.1"]);
+    // Still so once gossip has settled (a tombstone would have spread by now).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        dig(&web, &["db.weave.local"], false).unwrap(),
+        ["198.18.1.1"]
+    );
+    assert_eq!(getent(&db, "web"), ["198.18.2.1"]);
+    assert!(
+        dig(&web, &["old-db.weave.local"], false)
+            .unwrap()
+            .is_empty()
+    );
+    let ps = weave(&a, &["ps"]);
+    assert!(ps.contains("198.18.1.1/16"), "{ps}");
+
+    // `weave reset` forgets everything, the name noted on the bridge too.
+    weave(&a, &["reset"]);
+    a.wipe_state_dir();
+    launch(&a, &[&seed]);
+    assert_ne!(peer_name(&a), name);
+}
+
+fn peer_name(host: &Host) -> String {
+    report(host)["Router"]["Name"]
+        .as_str()
+        .expect("name in the report")
+        .to_owned()
+}
+
 /// A real Docker container, when Docker works here: attached by ID with `--name`, its
 /// resolv.conf (Docker's `ResolvConfPath`, bind-mounted into it) points at the server in
 /// its namespace, which answers; once it is removed, its name goes.

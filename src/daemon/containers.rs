@@ -506,12 +506,33 @@ async fn docker_running() -> Vec<String> {
     }
 }
 
+/// A container's DNS name is also noted on the host end of its veth (the interface
+/// alias), so a host whose state directory was lost can register it again when it finds
+/// the container still attached (see `rediscover`).
+const PORT_ALIAS_PREFIX: &str = "weave name ";
+
+fn name_from_port_alias(alias: Option<&str>) -> Option<String> {
+    let name = alias?.strip_prefix(PORT_ALIAS_PREFIX)?;
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// Notes `record`'s DNS name on its host-side port (logged, never fatal).
+async fn note_name_on_port(host: &Netlink, record: &Record) {
+    let Some(name) = &record.name else { return };
+    let alias = format!("{PORT_ALIAS_PREFIX}{name}");
+    if let Err(err) = host.set_alias(&record.host_ifname, &alias).await {
+        tracing::warn!(%err, interface = %record.host_ifname, "cannot note the container's name on its port");
+    }
+}
+
 /// The record of a container found with its `ethwe` in place and its host end
-/// `host_ifname` on the bridge; `None` if it is not (quite) there.
+/// `host_ifname` (with interface alias `port_alias`) on the bridge; `None` if it is
+/// not (quite) there.
 async fn found_attached(
     resolved: Resolved,
     target: &Target,
     host_ifname: String,
+    port_alias: Option<&str>,
 ) -> Option<Record> {
     let location = resolved.location?;
     let ns = location.ns_target().open().ok()?;
@@ -523,7 +544,7 @@ async fn found_attached(
             .iter()
             .any(|r| r.dest == MULTICAST && r.oif == Some(link.index))
     });
-    Some(Record {
+    let mut record = Record {
         identity: resolved.identity,
         location,
         ns: (ns.id().dev, ns.id().ino),
@@ -531,13 +552,16 @@ async fn found_attached(
         host_ifname,
         mac: link.mac?,
         addrs,
-        // What the lost registry knew beyond the interface (the DNS name, whether its
-        // resolv.conf was ours) is gone with it.
-        name: None,
+        // The name the port remembers (what else the registry knew is gone with it).
+        name: name_from_port_alias(port_alias),
         docker_name: resolved.docker_name,
         dns: false,
         multicast_route,
-    })
+    };
+    // A resolv.conf we wrote means we served it DNS: serve it again, or its lookups
+    // go to a resolver that is no longer there.
+    record.dns = super::dns::resolv_is_ours(&record.resolv_target()).await;
+    Some(record)
 }
 
 /// Opens a target's namespace, with the user's words in the message.
@@ -805,10 +829,10 @@ impl Plumber {
         else {
             return;
         };
-        let mut ports: BTreeSet<String> = links
+        let mut ports: BTreeMap<String, Option<String>> = links
             .into_iter()
             .filter(|l| l.master == Some(bridge) && is_our_ifname(&l.name))
-            .map(|l| l.name)
+            .map(|l| (l.name, l.alias))
             .collect();
         if ports.is_empty() {
             return;
@@ -834,10 +858,12 @@ impl Plumber {
                 continue;
             };
             let host_ifname = host_ifname(&resolved.identity);
-            if !ports.contains(&host_ifname) {
+            let Some(alias) = ports.get(&host_ifname) else {
                 continue;
-            }
-            let Some(record) = found_attached(resolved, &target, host_ifname.clone()).await else {
+            };
+            let Some(record) =
+                found_attached(resolved, &target, host_ifname.clone(), alias.as_deref()).await
+            else {
                 continue;
             };
             tracing::info!(
@@ -851,7 +877,7 @@ impl Plumber {
                 .containers
                 .insert(record.identity.clone(), record);
         }
-        for port in &ports {
+        for port in ports.keys() {
             tracing::warn!(
                 interface = %port,
                 "a container attached by an earlier run is on the bridge but cannot be found (attached by a path?): its addresses are not protected; attach it again"
@@ -1088,6 +1114,7 @@ impl Plumber {
             dns: spec.dns,
             multicast_route: spec.multicast_route,
         };
+        note_name_on_port(&host, &record).await;
         let entry = record.entry();
         tracing::info!(
             "attached {} ({}) {} {} mtu {mtu} via {}",
@@ -1162,6 +1189,9 @@ impl Plumber {
             record.name.clone_from(&spec.name);
         }
         record.dns = spec.dns;
+        if record.name != old_name {
+            note_name_on_port(&host, &record).await;
+        }
         let dns = record.clone();
         let entry = record.entry();
         tracing::info!(

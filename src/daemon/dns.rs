@@ -648,6 +648,18 @@ impl Drop for Served {
     }
 }
 
+/// Whether a container's resolv.conf is one we wrote: it was served by us before (a
+/// container found again after our state was lost).
+pub(crate) async fn resolv_is_ours(target: &ResolvTarget) -> bool {
+    let path = match target {
+        // Without creating /etc/netns/NAME, as resolv_path would.
+        ResolvTarget::Named(name) => Some(Path::new("/etc/netns").join(name).join("resolv.conf")),
+        other => resolv_path(other).await.ok().flatten(),
+    };
+    path.and_then(|path| std::fs::read_to_string(path).ok())
+        .is_some_and(|text| kept_original(&text).is_some())
+}
+
 /// The resolv.conf file of a container, if we can know it.
 async fn resolv_path(target: &ResolvTarget) -> Result<Option<PathBuf>, String> {
     Ok(match target {

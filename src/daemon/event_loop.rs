@@ -62,7 +62,15 @@ pub(crate) async fn run(config: DaemonConfig) -> Result<()> {
         Some(name) => (name, false),
         None => match state.get::<u64>(KEY_PEER_NAME)? {
             Some(raw) => (PeerName::from_u64(raw), false),
-            None => (PeerName::random(random_u64()), true),
+            None => match dataplane::remembered_peer_name().await {
+                Some(name) => {
+                    tracing::info!(
+                        "no saved state, but the bridge says we were {name}: keeping that name"
+                    );
+                    (name, false)
+                }
+                None => (PeerName::random(random_u64()), true),
+            },
         },
     };
     state.put(KEY_PEER_NAME, &name.as_u64())?;

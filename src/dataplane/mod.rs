@@ -86,6 +86,9 @@ impl Dataplane {
             .ensure_bridge(BRIDGE, Some(u32::from(overlay_mtu)))
             .await
             .with_context(|| format!("cannot set up bridge {BRIDGE}"))?;
+        if let Err(err) = netlink.set_alias(BRIDGE, &peer_alias(config.local)).await {
+            tracing::warn!(%err, "cannot note our peer name on the bridge");
+        }
         ForwardRules::new(BRIDGE)
             .install()
             .await
@@ -276,6 +279,28 @@ impl Dataplane {
     }
 }
 
+/// The bridge notes which peer it belongs to in its interface alias, so that a daemon
+/// whose state directory was lost while the bridge and its containers stayed (not
+/// `weave reset`, which deletes the bridge) comes back as the same peer: its IPAM
+/// ranges, its DNS records and its place in the mesh are still its own. (Weave Net
+/// derived the peer name from the bridge's MAC address for the same reason.)
+const PEER_ALIAS_PREFIX: &str = "weave peer ";
+
+fn peer_alias(name: PeerName) -> String {
+    format!("{PEER_ALIAS_PREFIX}{name}")
+}
+
+fn peer_from_alias(alias: &str) -> Option<PeerName> {
+    alias.strip_prefix(PEER_ALIAS_PREFIX)?.parse().ok()
+}
+
+/// The peer name the bridge remembers from an earlier run, if there is a bridge.
+pub(crate) async fn remembered_peer_name() -> Option<PeerName> {
+    let netlink = Netlink::connect().ok()?;
+    let bridge = netlink.link(BRIDGE).await.ok()??;
+    peer_from_alias(bridge.alias.as_deref()?)
+}
+
 /// The overlay MTU: `--mtu` if given, else what fits one frame per datagram on the
 /// underlay after IPv4, UDP and sleeve overheads (and the inner Ethernet header).
 pub(crate) fn overlay_mtu(
@@ -356,6 +381,16 @@ async fn underlay_mtu(netlink: &Netlink, host: Option<IpAddr>) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bridge_alias_round_trips_a_peer_name() {
+        let name = PeerName::from_u64(0x02ab_cdef_0123);
+        assert_eq!(peer_alias(name), "weave peer 02:ab:cd:ef:01:23");
+        assert_eq!(peer_from_alias(&peer_alias(name)), Some(name));
+        for other in ["", "weave peer ", "weave peer zz", "someone else's bridge"] {
+            assert_eq!(peer_from_alias(other), None, "{other:?}");
+        }
+    }
 
     #[test]
     fn overlay_mtu_from_the_underlay_or_the_flag() {

@@ -77,6 +77,8 @@ pub(crate) struct LinkInfo {
     pub(crate) master: Option<u32>,
     /// The link kind ("bridge", "veth", "tun"), absent for loopback and the like.
     pub(crate) kind: Option<String>,
+    /// The interface alias (`ip link set NAME alias TEXT`), if set.
+    pub(crate) alias: Option<String>,
 }
 
 impl LinkInfo {
@@ -89,6 +91,7 @@ impl LinkInfo {
             up: msg.header.flags.contains(LinkFlags::Up),
             master: None,
             kind: None,
+            alias: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -96,6 +99,9 @@ impl LinkInfo {
                 LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
                 LinkAttribute::Address(mac) => info.mac = <[u8; 6]>::try_from(&mac[..]).ok(),
                 LinkAttribute::Controller(idx) if *idx != 0 => info.master = Some(*idx),
+                LinkAttribute::IfAlias(alias) if !alias.is_empty() => {
+                    info.alias = Some(alias.clone());
+                }
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let NlLinkInfo::Kind(kind) = i {
@@ -303,6 +309,13 @@ impl Netlink {
     /// Sets the MAC address of `name`.
     pub(crate) async fn set_mac(&self, name: &str, mac: [u8; 6]) -> Result<(), SysError> {
         self.set(name, "setting the MAC of", |b| b.address(mac.to_vec()))
+            .await
+    }
+
+    /// Sets the interface alias of `name`.
+    pub(crate) async fn set_alias(&self, name: &str, alias: &str) -> Result<(), SysError> {
+        let alias = alias.to_owned();
+        self.set(name, "setting the alias of", |b| b.alias(alias))
             .await
     }
 

@@ -107,7 +107,8 @@ wait_ping() {
 # Waits until host $1's connection is on overlay $2 (fastdp or sleeve).
 wait_overlay() {
     for _ in $(seq 1 100); do
-        nsx "$1" "$WEAVE" status connections 2>/dev/null | grep -q "$2" && return 0
+        # The overlay is a word of its own (a sleeve line may also say fastdp=...).
+        nsx "$1" "$WEAVE" status connections 2>/dev/null | grep -qE "(^| )$2( |$)" && return 0
         sleep 0.2
     done
     echo "$1 never got on $2" >&2

@@ -24,7 +24,11 @@ fn wait_overlay(host: &Host, overlay: &str, connections: usize) {
         POLL,
         || {
             let conns = weave(host, &["status", "connections"]);
-            let on = conns.lines().filter(|l| l.contains(overlay)).count();
+            // The overlay is a word of its own (a sleeve line may also say fastdp=...).
+            let on = conns
+                .lines()
+                .filter(|l| l.split_whitespace().any(|word| word == overlay))
+                .count();
             if on == connections {
                 Ok(())
             } else {
@@ -153,6 +157,9 @@ fn a_blocked_fast_path_falls_back_to_the_sleeve_and_comes_back() {
     wait_overlay(&b, "sleeve", 1);
     ca.wait_ping(ip(2), WAIT).unwrap();
     pings_once_each(&ca, ip(2), 10, false);
+    // Each side says which way the probes fail: b hears none, a hears that b hears none.
+    wait_overlay(&b, "fastdp=no-probes-from-peer", 1);
+    wait_overlay(&a, "fastdp=no-probes-to-peer", 1);
     let mut del = vec!["iptables", "-w", "-D"];
     del.extend(rule);
     b.run(&del).expect_ok();
@@ -212,6 +219,13 @@ fn no_fast_path_with_a_password_or_when_turned_off() {
     for host in [&a, &b] {
         assert!(!has_link(host, "vxlan-6784"), "{}", host.name());
     }
+    // The status says why a connection takes the sleeve.
+    let c = lab.host("c");
+    launch(&c, &["--password", "s3cret-for-tests", &a.ip().to_string()]);
+    wait_overlay(&a, "fastdp=encrypted", 1);
+    let d = lab.host("d");
+    launch(&d, &[&b.ip().to_string()]);
+    wait_overlay(&b, "fastdp=off", 1);
     // `weave reset` removes the devices a fast path left.
     weave(&b, &["stop"]);
     launch(&b, &[]);

@@ -151,6 +151,35 @@ pub struct Candidate {
     pub hears_us: bool,
     /// Whether frames to it go the fast path now.
     pub fast: bool,
+    /// When it became a candidate.
+    pub since: Instant,
+}
+
+/// Where a candidate's fast path stands, for `weave status connections`: when a
+/// connection stays on the sleeve the user sees which way the probes fail (Weave Net's
+/// silent fallback to the sleeve was a long-standing complaint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Standing {
+    /// Frames go through the kernel.
+    Fast,
+    /// Just offered; no verdict yet.
+    Probing,
+    /// Its probes do not reach us (UDP to our VXLAN port blocked or lost on the way in).
+    NoProbesFromPeer,
+    /// We hear it, but it says it does not hear us (blocked on the way out, or at its end).
+    NoProbesToPeer,
+}
+
+impl Standing {
+    /// As `weave status connections` shows it (`fastdp=...`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fast => "up",
+            Self::Probing => "probing",
+            Self::NoProbesFromPeer => "no-probes-from-peer",
+            Self::NoProbesToPeer => "no-probes-to-peer",
+        }
+    }
 }
 
 /// The fast-path state of every candidate peer.
@@ -210,6 +239,7 @@ impl FastPaths {
                     heard_at: None,
                     hears_us: false,
                     fast: false,
+                    since: now,
                 }
             });
         }
@@ -281,6 +311,21 @@ impl FastPaths {
             .filter(|(_, c)| c.fast)
             .map(|(peer, _)| *peer)
             .collect()
+    }
+
+    /// Where `peer`'s fast path stands; `None` if it is no candidate. A candidate gets
+    /// the benefit of the doubt for one silence period before it counts as blocked.
+    pub fn standing(&self, peer: PeerName, now: Instant) -> Option<Standing> {
+        let c = self.candidates.get(&peer)?;
+        Some(if c.fast {
+            Standing::Fast
+        } else if Self::hears(c, now, &self.config) {
+            Standing::NoProbesToPeer
+        } else if now < c.since + self.config.silence {
+            Standing::Probing
+        } else {
+            Standing::NoProbesFromPeer
+        })
     }
 
     pub fn candidates(&self) -> &BTreeMap<PeerName, Candidate> {

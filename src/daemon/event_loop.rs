@@ -680,11 +680,17 @@ impl Daemon {
 }
 
 /// A connection's data-plane attributes for `weave status connections`: the overlay
-/// (`sleeve`) and, once measured, the MTU of the path (what an IP packet in a frame
-/// through it may be).
+/// (`fastdp` or `sleeve`), on the sleeve why not the fast path (`fastdp=...`), and, once
+/// measured, the MTU of the path (what an IP packet in a frame through it may be).
 fn path_attrs(path: &dataplane::PathStatus) -> Vec<(String, String)> {
     let overlay = if path.fast { "fastdp" } else { "sleeve" };
     let mut attrs = vec![("name".to_owned(), overlay.to_owned())];
+    // On the sleeve, why not the fast path (off, encrypted, blocked which way, ...).
+    if !path.fast
+        && let Some(why) = path.fastdp
+    {
+        attrs.push(("fastdp".to_owned(), why.to_owned()));
+    }
     if path.pmtu.is_some() {
         let mtu = path
             .max_frame

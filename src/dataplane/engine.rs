@@ -261,6 +261,9 @@ pub(crate) struct PathStatus {
     pub(crate) fragments: bool,
     /// Whether frames to this peer go through the kernel's fast path instead.
     pub(crate) fast: bool,
+    /// Where the fast path to this peer stands (`weave status connections` shows it when
+    /// frames take the sleeve); filled in by the data plane, not the engine.
+    pub(crate) fastdp: Option<&'static str>,
 }
 
 /// Commands to the path thread.
@@ -1512,6 +1515,7 @@ fn publish(shared: &Shared, conns: &BTreeMap<PeerName, Conn>) {
                 max_frame: entry.max_record(),
                 fragments: entry.fragments,
                 fast: false,
+                fastdp: None,
             },
         );
         table.peers.insert(*peer, entry);

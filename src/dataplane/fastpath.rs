@@ -16,7 +16,9 @@
 //! flushes the MACs the bridge learned on both ports, so no frame keeps following the
 //! path it took before.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -38,10 +40,15 @@ pub(crate) const PROBE_DEV: &str = "vxlan-6784-p";
 /// How often the candidates are re-read from the sleeve's paths.
 const RECHECK: Duration = Duration::from_millis(500);
 
+/// Per peer with an established path, where its fast path stands (see
+/// [`FastPath::standing`]).
+type Standings = Arc<Mutex<BTreeMap<PeerName, &'static str>>>;
+
 /// The running fast path; [`FastPath::shutdown`] removes its devices.
 pub(crate) struct FastPath {
     task: tokio::task::JoinHandle<()>,
     netlink: Netlink,
+    standings: Standings,
 }
 
 impl FastPath {
@@ -64,6 +71,7 @@ impl FastPath {
                 return Err(err);
             }
         };
+        let standings = Standings::default();
         let task = tokio::spawn(run(Prober {
             core: FastPaths::new(local, FastPathConfig::default()),
             engine,
@@ -73,11 +81,26 @@ impl FastPath {
             sleeve_port: port,
             vxlan_port,
             unplumbed: Vec::new(),
+            not_offered: BTreeMap::new(),
+            standings: standings.clone(),
         }));
         Ok(Self {
             task,
             netlink: netlink.clone(),
+            standings,
         })
+    }
+
+    /// Per peer with an established path: `up`, `probing`, `no-probes-from-peer`,
+    /// `no-probes-to-peer` (see [`weave_router::fastpath::Standing`]), `port` (its UDP
+    /// port is not ours: another `--port`, or a NAT in between), `no-address` (it
+    /// dialled us and we have not heard its UDP address yet) or `kernel-refused` (its
+    /// flood entry could not be added).
+    pub(crate) fn standing(&self) -> BTreeMap<PeerName, &'static str> {
+        self.standings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     async fn plumb(
@@ -147,6 +170,30 @@ struct Prober {
     vxlan_port: u16,
     /// Fast peers whose flood entry the kernel refused: they stay on the sleeve.
     unplumbed: Vec<PeerName>,
+    /// Established paths that are no candidates, and why.
+    not_offered: BTreeMap<PeerName, &'static str>,
+    standings: Standings,
+}
+
+impl Prober {
+    /// Publishes where every established path's fast path stands.
+    fn publish(&self, now: Instant) {
+        let mut standings = self.not_offered.clone();
+        for &peer in self.core.candidates().keys() {
+            let standing = if self.unplumbed.contains(&peer) {
+                "kernel-refused"
+            } else {
+                self.core
+                    .standing(peer, now)
+                    .map_or("probing", |s| s.as_str())
+            };
+            standings.insert(peer, standing);
+        }
+        *self
+            .standings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = standings;
+    }
 }
 
 async fn run(mut p: Prober) {
@@ -155,16 +202,23 @@ async fn run(mut p: Prober) {
         let now = Instant::now();
         // Candidates: established, unencrypted sleeve paths to peers listening where
         // we do (the VXLAN port is one above the sleeve's on both ends).
-        let offered: Vec<(PeerName, Ipv4Addr)> = p
-            .engine
-            .paths()
-            .into_iter()
-            .filter(|(_, path)| path.established && !path.encrypted)
-            .filter_map(|(peer, path)| match path.addr {
-                Some(SocketAddr::V4(a)) if a.port() == p.sleeve_port => Some((peer, *a.ip())),
-                _ => None,
-            })
-            .collect();
+        let mut offered: Vec<(PeerName, Ipv4Addr)> = Vec::new();
+        p.not_offered.clear();
+        for (peer, path) in p.engine.paths() {
+            if !path.established {
+                continue;
+            }
+            let why = match path.addr {
+                _ if path.encrypted => "encrypted",
+                Some(SocketAddr::V4(a)) if a.port() == p.sleeve_port => {
+                    offered.push((peer, *a.ip()));
+                    continue;
+                }
+                Some(_) => "port",
+                None => "no-address",
+            };
+            p.not_offered.insert(peer, why);
+        }
         p.core.set_candidates(offered, now);
         let mut outgoing = Vec::new();
         p.core
@@ -180,6 +234,7 @@ async fn run(mut p: Prober) {
             }
         }
         apply_events(&mut p).await;
+        p.publish(now);
         let wake = p
             .core
             .poll_timeout()
@@ -209,6 +264,7 @@ async fn run(mut p: Prober) {
                     }
                 }
                 apply_events(&mut p).await;
+                p.publish(Instant::now());
             }
         }
     }

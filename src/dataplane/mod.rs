@@ -62,6 +62,9 @@ pub(crate) struct Dataplane {
     engine: Engine,
     /// The kernel fast path, when enabled and the kernel has VXLAN.
     fast: Option<FastPath>,
+    /// Why there is none: `off` (`--no-fastdp`), `encrypted` (a password: VXLAN is
+    /// clear text), `unavailable` (the kernel refused the devices).
+    fast_off: Option<&'static str>,
     netlink: Netlink,
     overlay_mtu: u16,
     underlay_mtu: u32,
@@ -139,7 +142,14 @@ impl Dataplane {
         let forwarder = Forwarder::new(config.local, ForwarderConfig::default());
         let engine = Engine::start(engine_config, forwarder, socket, probe, tap, events)
             .context("cannot start the data plane threads")?;
-        let fast = if config.fastdp && !config.encrypted {
+        let mut fast_off = if !config.fastdp {
+            Some("off")
+        } else if config.encrypted {
+            Some("encrypted")
+        } else {
+            None
+        };
+        let fast = if fast_off.is_none() {
             match FastPath::start(
                 &netlink,
                 config.local,
@@ -153,6 +163,7 @@ impl Dataplane {
                 Ok(fast) => Some(fast),
                 Err(err) => {
                     tracing::warn!("no fast path, frames go over the sleeve only: {err:#}");
+                    fast_off = Some("unavailable");
                     None
                 }
             }
@@ -170,6 +181,7 @@ impl Dataplane {
         Ok(Self {
             engine,
             fast,
+            fast_off,
             netlink,
             overlay_mtu,
             underlay_mtu,
@@ -274,8 +286,18 @@ impl Dataplane {
     }
 
     /// The UDP path of each connection.
+    /// Every connection's UDP path, with where its fast path stands.
     pub(crate) fn paths(&self) -> BTreeMap<PeerName, PathStatus> {
-        self.engine.paths()
+        let mut paths = self.engine.paths();
+        let standing = self
+            .fast
+            .as_ref()
+            .map(FastPath::standing)
+            .unwrap_or_default();
+        for (peer, path) in &mut paths {
+            path.fastdp = self.fast_off.or_else(|| standing.get(peer).copied());
+        }
+        paths
     }
 }
 

@@ -93,6 +93,41 @@ fn one_way_loss_keeps_both_ends_off_the_fast_path() {
 }
 
 #[test]
+fn the_standing_says_which_way_the_probes_fail() {
+    let mut pair = Pair::new();
+    let standing = |f: &FastPaths, peer: u8, now: Instant| f.standing(name(peer), now);
+    assert_eq!(standing(&pair.a, 2, pair.now), Some(Standing::Probing));
+    assert_eq!(standing(&pair.a, 9, pair.now), None, "no candidate");
+    pair.run(Duration::from_millis(300), true, true);
+    assert_eq!(standing(&pair.a, 2, pair.now), Some(Standing::Fast));
+    // b's probes stop reaching a: a misses them, b hears that a misses its probes.
+    pair.run(Duration::from_secs(6), true, false);
+    assert_eq!(
+        standing(&pair.a, 2, pair.now),
+        Some(Standing::NoProbesFromPeer)
+    );
+    assert_eq!(
+        standing(&pair.b, 1, pair.now),
+        Some(Standing::NoProbesToPeer)
+    );
+    pair.run(Duration::from_secs(2), true, true);
+    assert_eq!(standing(&pair.b, 1, pair.now), Some(Standing::Fast));
+    // A peer that never answers is probing for one silence period, then blocked.
+    let now = pair.now;
+    let mut lonely = FastPaths::new(name(1), FastPathConfig::default());
+    lonely.set_candidates([(name(3), B_ADDR)], now);
+    assert_eq!(
+        lonely.standing(name(3), now + Duration::from_secs(3)),
+        Some(Standing::Probing)
+    );
+    assert_eq!(
+        lonely.standing(name(3), now + Duration::from_secs(4)),
+        Some(Standing::NoProbesFromPeer)
+    );
+    assert_eq!(Standing::NoProbesToPeer.as_str(), "no-probes-to-peer");
+}
+
+#[test]
 fn a_blocked_direction_takes_both_ends_down_and_healing_brings_them_back() {
     let mut pair = Pair::new();
     pair.run(Duration::from_secs(2), true, true);

@@ -757,4 +757,9 @@ fn a_lone_daemon_allocates_on_the_first_attach() {
         .expect_ok()
         .stdout;
     assert_eq!(subnet.trim(), "198.18.0.128/25");
+    let tracker = b
+        .run(&["curl", "-sS", "http://127.0.0.1:6784/ipinfo/tracker"])
+        .expect_ok()
+        .stdout;
+    assert_eq!(tracker.trim(), "none");
 }

@@ -255,10 +255,13 @@ fn wrong_password_can_neither_join_nor_inject() {
     std::thread::sleep(Duration::from_millis(500));
     let frame =
         "\\xff\\xff\\xff\\xff\\xff\\xff\\x02\\x00\\x00\\x00\\x00\\x99\\x08\\x00INJECTEDINJECTED";
+    // Bash line-buffers printf, so a newline byte (in a peer name, say) would cut a
+    // datagram in two; dd collects the whole of it into one write.
+    let one_datagram = "dd bs=65536 iflag=fullblock status=none";
     let script = format!(
         "for i in 1 2 3 4 5; do \
-           printf '\\x18{name_bytes}\\x00\\x00\\x00\\x00\\x00\\x00\\x10\\x00{name_bytes}{dst_bytes}\\x40\\x00\\x1e{frame}0123456789abcdef' > /dev/udp/{ip}/6783; \
-           printf '\\x10{name_bytes}{name_bytes}{dst_bytes}\\x40\\x00\\x1e{frame}' > /dev/udp/{ip}/6783; \
+           printf '%b' '\\x18{name_bytes}\\x00\\x00\\x00\\x00\\x00\\x00\\x10\\x00{name_bytes}{dst_bytes}\\x40\\x00\\x1e{frame}0123456789abcdef' | {one_datagram} > /dev/udp/{ip}/6783; \
+           printf '%b' '\\x10{name_bytes}{name_bytes}{dst_bytes}\\x40\\x00\\x1e{frame}' | {one_datagram} > /dev/udp/{ip}/6783; \
          done",
         ip = a.ip()
     );

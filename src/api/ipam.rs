@@ -13,6 +13,7 @@
 //! | `DELETE /ip/{id}` | free every address of `id` |
 //! | `GET /ring` | once the allocation ring exists (`weave prime`): empty |
 //! | `GET /ipinfo/defaultsubnet` | the default subnet, `a.b.c.d/len` |
+//! | `GET /ipinfo/tracker` | `none`: no tracker programs routes outside the host (Weave's `awsvpc` is not built) |
 //! | `DELETE /peer/{name-or-nickname}` | `rmpeer`: `N IPs taken over from PEER` |
 //!
 //! Allocations and claims that must wait (for consensus, space from another peer, or an
@@ -52,6 +53,7 @@ pub(super) fn routes(router: Router<DaemonHandle>) -> Router<DaemonHandle> {
         .route("/ip/{id}/{ip}", axum::routing::delete(free))
         .route("/ring", get(prime))
         .route("/ipinfo/defaultsubnet", get(default_subnet))
+        .route("/ipinfo/tracker", get(tracker))
         .route("/peer/{peer}", axum::routing::delete(rmpeer))
 }
 
@@ -178,6 +180,17 @@ async fn default_subnet(State(handle): State<DaemonHandle>) -> Response {
             Some(ipam) => text(StatusCode::OK, ipam.default_subnet),
             None => bad_request(crate::daemon::ipam::DISABLED),
         },
+        Err(gone) => shutting_down(gone),
+    }
+}
+
+/// Weave's `GET /ipinfo/tracker`: which range tracker mirrors allocations outside the
+/// host. Weave's clients only ask whether it is `awsvpc` (routes in the AWS VPC table
+/// instead of an overlay); ours is always `none`.
+async fn tracker(State(handle): State<DaemonHandle>) -> Response {
+    match handle.report().await {
+        Ok(report) if report.ipam.is_some() => text(StatusCode::OK, "none"),
+        Ok(_) => bad_request(crate::daemon::ipam::DISABLED),
         Err(gone) => shutting_down(gone),
     }
 }

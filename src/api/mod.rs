@@ -15,7 +15,7 @@
 //! | `POST /stop` | stop the daemon (`weave stop`); `?reset=true` also drops persisted state |
 //! | `DELETE /peer` | Weave's "leave" as used by `weave reset`: same as `POST /stop?reset=true` |
 //! | `POST /attach`, `/detach`, `/expose`, `/hide`, `GET /ps` | container plumbing (see [`containers`]) |
-//! | `/ip/...`, `GET /ring`, `/ipinfo/defaultsubnet`, `DELETE /peer/{name}` | address allocation (see [`ipam`]) |
+//! | `/ip/...`, `GET /ring`, `/ipinfo/defaultsubnet`, `/ipinfo/tracker`, `DELETE /peer/{name}` | address allocation (see [`ipam`]) |
 //! | `/name/...`, `/domain`, `/dns-add`, `/dns-remove`, `/lookup/{name}` | DNS (see [`dns`]) |
 //!
 //! Only the control API has the commands (everything from `/connect` on). Form fields may

@@ -595,18 +595,34 @@ fn containers_still_attached_keep_their_addresses_when_the_state_is_lost() {
         .unwrap_or_default()
         .parse()
         .unwrap_or_else(|e| panic!("attach printed {printed:?}: {e}"));
+    // One attached by a path nothing else lists (a link to its namespace file; a bind
+    // mount made here would not reach the daemon's mount namespace).
+    let by_path = lab.container(&a, "m1");
+    let link = lab.dir().join("ns file m1");
+    std::os::unix::fs::symlink(format!("/run/netns/{}", by_path.netns()), &link)
+        .expect("symlink");
+    let link = link.to_str().expect("UTF-8 path").to_owned();
+    let printed = weave(&a, &["attach", "--netns", &link]);
+    let addr_path: Ipv4Addr = printed
+        .trim()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or_else(|e| panic!("attach printed {printed:?}: {e}"));
 
     weave(&a, &["stop"]);
     a.wipe_state_dir();
     launch_with(&a, &[], RANGE, &alone);
     let ps = weave(&a, &["ps"]);
-    for addr in [addr1, addr2, addr_pid] {
+    for addr in [addr1, addr2, addr_pid, addr_path] {
         assert!(ps.contains(&format!("{addr}/")), "{addr} not in ps: {ps}");
     }
     assert!(ps.contains(&format!("pid:{pid}")), "{ps}");
+    assert!(ps.contains(&link), "{ps}");
     let (_c3, addr3) = new_attached(&mut lab, &a, "c3");
     assert!(
-        ![addr1, addr2, addr_pid].contains(&addr3),
+        ![addr1, addr2, addr_pid, addr_path].contains(&addr3),
         "{addr3} given out twice"
     );
 

@@ -506,22 +506,77 @@ async fn docker_running() -> Vec<String> {
     }
 }
 
-/// A container's DNS name is also noted on the host end of its veth (the interface
-/// alias), so a host whose state directory was lost can register it again when it finds
-/// the container still attached (see `rediscover`).
-const PORT_ALIAS_PREFIX: &str = "weave name ";
-
-fn name_from_port_alias(alias: Option<&str>) -> Option<String> {
-    let name = alias?.strip_prefix(PORT_ALIAS_PREFIX)?;
-    (!name.is_empty()).then(|| name.to_owned())
+/// What the host end of a container's veth notes about it in its interface alias, so
+/// a host whose state directory was lost can find the container and its name again
+/// (see `rediscover`): `weave name=NAME path=PATH`, either part optional, the path
+/// last (it may hold spaces).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct PortNote {
+    /// The DNS name it was attached with.
+    name: Option<String>,
+    /// The namespace file it was attached by, when that is a path (nothing else would
+    /// find it again).
+    path: Option<String>,
 }
 
-/// Notes `record`'s DNS name on its host-side port (logged, never fatal).
-async fn note_name_on_port(host: &Netlink, record: &Record) {
-    let Some(name) = &record.name else { return };
-    let alias = format!("{PORT_ALIAS_PREFIX}{name}");
+/// The kernel's limit on an interface alias (IFALIASZ, with its terminating NUL).
+const MAX_ALIAS_LEN: usize = 255;
+
+impl PortNote {
+    fn of(record: &Record) -> Self {
+        Self {
+            name: record.name.clone(),
+            path: match &record.identity {
+                Identity::Path(path) => Some(path.clone()),
+                _ => None,
+            },
+        }
+    }
+
+    /// The alias text; `None` if there is nothing to note. A path too long for an
+    /// alias is left out (that container cannot be found again, as before).
+    fn alias(&self) -> Option<String> {
+        let mut alias = String::from("weave");
+        if let Some(name) = &self.name {
+            alias.push_str(" name=");
+            alias.push_str(name);
+        }
+        if let Some(path) = &self.path
+            && alias.len() + " path=".len() + path.len() <= MAX_ALIAS_LEN
+        {
+            alias.push_str(" path=");
+            alias.push_str(path);
+        }
+        (alias != "weave").then_some(alias)
+    }
+
+    fn parse(alias: &str) -> Self {
+        let mut note = Self::default();
+        let Some(mut rest) = alias.strip_prefix("weave ") else {
+            return note;
+        };
+        while !rest.is_empty() {
+            if let Some(path) = rest.strip_prefix("path=") {
+                note.path = (!path.is_empty()).then(|| path.to_owned());
+                break;
+            }
+            let (field, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if let Some(name) = field.strip_prefix("name=") {
+                note.name = (!name.is_empty()).then(|| name.to_owned());
+            }
+            rest = tail;
+        }
+        note
+    }
+}
+
+/// Notes `record` on its host-side port (logged, never fatal).
+async fn note_on_port(host: &Netlink, record: &Record) {
+    let Some(alias) = PortNote::of(record).alias() else {
+        return;
+    };
     if let Err(err) = host.set_alias(&record.host_ifname, &alias).await {
-        tracing::warn!(%err, interface = %record.host_ifname, "cannot note the container's name on its port");
+        tracing::warn!(%err, interface = %record.host_ifname, "cannot note the container on its port");
     }
 }
 
@@ -553,7 +608,7 @@ async fn found_attached(
         mac: link.mac?,
         addrs,
         // The name the port remembers (what else the registry knew is gone with it).
-        name: name_from_port_alias(port_alias),
+        name: port_alias.map(PortNote::parse).and_then(|note| note.name),
         docker_name: resolved.docker_name,
         dns: false,
         multicast_route,
@@ -814,9 +869,9 @@ impl Plumber {
     /// are still on the bridge (the state directory was lost, not `weave reset`): finds
     /// them again by the host ends we name after them, so that IPAM keeps their
     /// addresses rather than handing them out again. Named namespaces (by name or
-    /// path), processes (by PID or /proc/PID/ns/net) and Docker containers can be
-    /// found; a namespace attached by another path cannot, and its port is only
-    /// reported.
+    /// path), processes (by PID or /proc/PID/ns/net), Docker containers and namespaces
+    /// attached by another path (noted on their port, see [`PortNote`]) can be found;
+    /// a port that leads nowhere any more is only reported.
     async fn rediscover(&mut self) {
         let Ok(host) = self.host() else { return };
         let Ok(links) = host.links().await else {
@@ -844,6 +899,13 @@ impl Plumber {
             .into_iter()
             .filter_map(|n| n.parse::<u32>().ok());
         let mut candidates: Vec<Target> = Vec::new();
+        // Namespaces attached by some other path: their ports say which.
+        candidates.extend(
+            ports
+                .values()
+                .filter_map(|alias| PortNote::parse(alias.as_deref()?).path)
+                .map(Target::Netns),
+        );
         for name in named {
             candidates.push(Target::Netns(format!("{NAMED_NETNS_DIR}/{name}")));
             candidates.push(Target::Netns(name));
@@ -880,7 +942,7 @@ impl Plumber {
         for port in ports.keys() {
             tracing::warn!(
                 interface = %port,
-                "a container attached by an earlier run is on the bridge but cannot be found (attached by a path?): its addresses are not protected; attach it again"
+                "a container attached by an earlier run is on the bridge but cannot be found: its addresses are not protected; attach it again"
             );
         }
         if let Err(err) = self.persist() {
@@ -1114,7 +1176,7 @@ impl Plumber {
             dns: spec.dns,
             multicast_route: spec.multicast_route,
         };
-        note_name_on_port(&host, &record).await;
+        note_on_port(&host, &record).await;
         let entry = record.entry();
         tracing::info!(
             "attached {} ({}) {} {} mtu {mtu} via {}",
@@ -1190,7 +1252,7 @@ impl Plumber {
         }
         record.dns = spec.dns;
         if record.name != old_name {
-            note_name_on_port(&host, &record).await;
+            note_on_port(&host, &record).await;
         }
         let dns = record.clone();
         let entry = record.entry();
@@ -1498,6 +1560,40 @@ fn dedup(addrs: &mut Vec<Ipv4Net>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_notes_round_trip_and_stay_within_an_alias() {
+        let mut r = record(Identity::Path("/var/lib/my ns/net".into()), &[], 1);
+        r.name = Some("db.weave.local.".into());
+        let note = PortNote::of(&r);
+        let alias = note.alias().expect("something to note");
+        assert_eq!(alias, "weave name=db.weave.local. path=/var/lib/my ns/net");
+        assert_eq!(PortNote::parse(&alias), note);
+        // Only a name, only a path, nothing.
+        r.identity = Identity::Netns("db".into());
+        assert_eq!(
+            PortNote::parse(&PortNote::of(&r).alias().unwrap()).name,
+            r.name
+        );
+        r.name = None;
+        assert_eq!(PortNote::of(&r).alias(), None);
+        // A path too long for an alias is left out; the name stays.
+        r.identity = Identity::Path(format!("/{}", "x".repeat(300)));
+        r.name = Some("db.weave.local.".into());
+        let alias = PortNote::of(&r).alias().unwrap();
+        assert!(alias.len() <= MAX_ALIAS_LEN);
+        assert_eq!(PortNote::parse(&alias).path, None);
+        // Someone else's alias, or garbage, notes nothing.
+        for other in [
+            "",
+            "weave",
+            "uplink to rack 3",
+            "weave name= path=",
+            "weave bogus",
+        ] {
+            assert_eq!(PortNote::parse(other), PortNote::default(), "{other:?}");
+        }
+    }
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().expect("test prefix")

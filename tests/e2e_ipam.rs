@@ -599,8 +599,7 @@ fn containers_still_attached_keep_their_addresses_when_the_state_is_lost() {
     // mount made here would not reach the daemon's mount namespace).
     let by_path = lab.container(&a, "m1");
     let link = lab.dir().join("ns file m1");
-    std::os::unix::fs::symlink(format!("/run/netns/{}", by_path.netns()), &link)
-        .expect("symlink");
+    std::os::unix::fs::symlink(format!("/run/netns/{}", by_path.netns()), &link).expect("symlink");
     let link = link.to_str().expect("UTF-8 path").to_owned();
     let printed = weave(&a, &["attach", "--netns", &link]);
     let addr_path: Ipv4Addr = printed

@@ -1561,6 +1561,26 @@ fn dedup(addrs: &mut Vec<Ipv4Net>) {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any alias text (another tool may set one) parses without panicking, and a
+        /// note made from a DNS name and a path reads back as it was (or without the
+        /// path, when it does not fit).
+        #[test]
+        fn port_notes_parse_anything_and_round_trip(
+            junk in ".{0,300}",
+            name in "[a-z0-9-]{1,30}(\\.[a-z0-9-]{1,20}){0,3}\\.?",
+            path in "/[^\\x00]{0,300}",
+        ) {
+            let _ = PortNote::parse(&junk);
+            let note = PortNote { name: Some(name), path: Some(path) };
+            let alias = note.alias().expect("a name is something to note");
+            proptest::prop_assert!(alias.len() <= MAX_ALIAS_LEN);
+            let back = PortNote::parse(&alias);
+            proptest::prop_assert_eq!(&back.name, &note.name);
+            proptest::prop_assert!(back.path.is_none() || back.path == note.path);
+        }
+    }
+
     #[test]
     fn port_notes_round_trip_and_stay_within_an_alias() {
         let mut r = record(Identity::Path("/var/lib/my ns/net".into()), &[], 1);

@@ -9,7 +9,9 @@ mod lab;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use lab::weave::{ip, launch, plumb, report, two_hosts, wait_established, weave};
+use lab::weave::{
+    claim_a_mac_twice, ip, launch, plumb, report, two_hosts, wait_established, weave,
+};
 use lab::{Container, Host, Lab, wait_until};
 
 const WEAVE: &str = env!("CARGO_BIN_EXE_weave");
@@ -208,6 +210,17 @@ fn neighbours_go_fast_and_peers_beyond_them_over_the_relaying_sleeve() {
         .map(|p| p["RelayedFrames"].as_u64().unwrap_or(0))
         .sum();
     assert!(relayed > 0, "b relayed a's frames to c");
+}
+
+/// Frames between fast peers never reach the forwarder; the kernel's learning is
+/// watched instead, and a MAC claimed by two hosts is still reported on both.
+#[test]
+fn a_mac_claimed_by_two_fast_hosts_is_logged() {
+    let mut lab = Lab::new("fastdp_mac_conflict", WEAVE);
+    let (a, b, ca, cb) = two_hosts(&mut lab, &[]);
+    wait_overlay(&a, "fastdp", 1);
+    wait_overlay(&b, "fastdp", 1);
+    claim_a_mac_twice(&mut lab, &a, &b, &ca, &cb);
 }
 
 #[test]

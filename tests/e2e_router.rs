@@ -10,7 +10,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use lab::weave::{
-    connection_states, ip, launch, plumb, report, status_port_get, two_hosts, wait_established,
+    claim_a_mac_twice, connection_states, ip, launch, plumb, report, status_port_get, two_hosts,
+    wait_established,
 };
 use lab::{Container, Host, Lab, wait_until};
 use serde_json::Value;
@@ -502,44 +503,13 @@ fn forwarding_passes_a_drop_policy_stop_keeps_containers_reset_removes_everythin
     assert!(!b.run(&["iptables", "-w", "-S", "WEAVE-FORWARD"]).success());
 }
 
-/// The sleeve's forwarder learns MACs from the frames it carries; between fast-path
-/// peers the kernel bridge learns them instead (latest claim wins, not logged), and
-/// floods no longer cross the sleeve to them, so this pins the sleeve.
+/// The sleeve's forwarder learns MACs from the frames it carries and reports a MAC
+/// claimed by two hosts (tests/e2e_fastdp.rs has the fast path's counterpart).
 #[test]
 fn a_mac_claimed_by_two_hosts_is_resolved_and_logged() {
     let mut lab = Lab::new("router_mac_conflict", WEAVE);
     let (a, b, ca, cb) = two_hosts(&mut lab, &["--no-fastdp"]);
-    let cb2 = lab.container(&b, "cb2");
-    plumb(&b, &cb2, ip(3));
-    ca.wait_ping(ip(3), WAIT).unwrap();
-    // cb takes ca's MAC and speaks: both hosts now saw it on both sides.
-    let mac = ca.mac("ethwe");
-    cb.run(&["ip", "link", "set", "ethwe", "address", &mac])
-        .expect_ok();
-    cb.run(&["ip", "neigh", "flush", "dev", "ethwe"])
-        .expect_ok();
-    let _ = cb.ping(ip(1));
-    let log =
-        |h: &Host| std::fs::read_to_string(h.state_dir().join("weave.log")).unwrap_or_default();
-    for h in [&a, &b] {
-        wait_until(
-            &format!("{} to log the conflict", h.name()),
-            WAIT,
-            POLL,
-            || {
-                let text = log(h);
-                if text
-                    .lines()
-                    .any(|l| l.contains(&mac) && l.contains("claimed by"))
-                {
-                    Ok(())
-                } else {
-                    Err("not logged".to_owned())
-                }
-            },
-        )
-        .unwrap();
-    }
+    claim_a_mac_twice(&mut lab, &a, &b, &ca, &cb);
 }
 
 #[test]

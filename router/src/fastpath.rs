@@ -18,11 +18,13 @@
 //! with a known address) are probed; everything else keeps using the sleeve, as do
 //! frames relayed through a third peer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use weave_mesh::PeerName;
+
+use crate::forward::Mac;
 
 /// The UDP port of the VXLAN devices (Weave's: the sleeve port + 1).
 pub const VXLAN_PORT: u16 = 6784;
@@ -357,6 +359,82 @@ impl FastPaths {
                 FastPathEvent::Down { peer, addr: c.addr }
             });
         }
+    }
+}
+
+/// Who holds a MAC as the kernel's fast path sees it: a container port on our bridge, or
+/// the peer (by underlay address) the VXLAN device learned it behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MacHolder {
+    ThisHost,
+    Peer(Ipv4Addr),
+}
+
+/// What an observation of a MAC's holder means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacClaim {
+    /// Held where it was: nothing to say.
+    Same,
+    /// Seen for the first time (or again after it was forgotten).
+    New,
+    /// Claimed by another holder than before: a container moved, or two claim one MAC.
+    /// The kernel already follows the latest claim; this is for the log.
+    Moved { from: MacHolder },
+    /// Not tracked: the table is full.
+    Untracked,
+}
+
+/// The fast path's counterpart of the forwarder's MAC table, for its log only: frames
+/// between fast peers never reach the forwarder, so the kernel's learning (bridge and
+/// VXLAN forwarding-table notifications) is watched instead, and a MAC claimed by two
+/// holders is reported just as the sleeve reports it.
+#[derive(Debug)]
+pub struct MacClaims {
+    holders: HashMap<Mac, MacHolder>,
+    max: usize,
+}
+
+impl MacClaims {
+    /// A table tracking at most `max` MACs.
+    pub fn new(max: usize) -> Self {
+        Self {
+            holders: HashMap::new(),
+            max,
+        }
+    }
+
+    /// The kernel learned `mac` at `holder`.
+    pub fn observe(&mut self, mac: Mac, holder: MacHolder) -> MacClaim {
+        let full = self.holders.len() >= self.max;
+        match self.holders.get_mut(&mac) {
+            Some(current) if *current == holder => MacClaim::Same,
+            Some(current) => {
+                let from = std::mem::replace(current, holder);
+                MacClaim::Moved { from }
+            }
+            None if full => MacClaim::Untracked,
+            None => {
+                self.holders.insert(mac, holder);
+                MacClaim::New
+            }
+        }
+    }
+
+    /// The kernel forgot `mac` at `holder` (aged out, flushed, port gone); a later
+    /// claim elsewhere is then no conflict. A deletion at another holder than the
+    /// current one is stale and changes nothing.
+    pub fn forget(&mut self, mac: Mac, holder: MacHolder) {
+        if self.holders.get(&mac) == Some(&holder) {
+            self.holders.remove(&mac);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.holders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.holders.is_empty()
     }
 }
 

@@ -25,13 +25,15 @@ use anyhow::{Context, Result};
 use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
 use weave_mesh::PeerName;
+use weave_router::Mac;
 use weave_router::fastpath::{
-    DATA_VNI, FastPathConfig, FastPathEvent, FastPaths, PROBE_ETHERTYPE, PROBE_VNI, Probe,
+    DATA_VNI, FastPathConfig, FastPathEvent, FastPaths, MacClaim, MacClaims, MacHolder,
+    PROBE_ETHERTYPE, PROBE_VNI, Probe,
 };
 
 use super::engine::EngineView;
 use super::{BRIDGE, TAP};
-use crate::sys::{Netlink, PacketSocket};
+use crate::sys::{FdbChange, Netlink, PacketSocket};
 
 /// The VXLAN port on the bridge, as Weave named its fast-path port.
 pub(crate) const VXLAN_DEV: &str = "vxlan-6784";
@@ -39,6 +41,10 @@ pub(crate) const VXLAN_DEV: &str = "vxlan-6784";
 pub(crate) const PROBE_DEV: &str = "vxlan-6784-p";
 /// How often the candidates are re-read from the sleeve's paths.
 const RECHECK: Duration = Duration::from_millis(500);
+/// MACs the kernel's learning is tracked for (the forwarder's table has the same cap).
+const MAX_CLAIMS: usize = 8192;
+/// A MAC that keeps changing hands is reported at most this often.
+const CLAIM_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Per peer with an established path, where its fast path stands (see
 /// [`FastPath::standing`]).
@@ -64,7 +70,7 @@ impl FastPath {
         engine: EngineView,
     ) -> Result<Self> {
         let started = Self::plumb(netlink, host, port, overlay_mtu).await;
-        let (probes, sender, vxlan_port) = match started {
+        let (probes, sender, vxlan_port, ports) = match started {
             Ok(parts) => parts,
             Err(err) => {
                 remove_devices(netlink).await;
@@ -72,7 +78,20 @@ impl FastPath {
             }
         };
         let standings = Standings::default();
+        // Frames between fast peers never reach the forwarder: the kernel's MAC
+        // learning is watched instead, so that MAC conflicts are still reported.
+        let fdb = match crate::sys::watch_fdb() {
+            Ok(rx) => Some(rx),
+            Err(err) => {
+                tracing::warn!(%err, "MAC conflicts on the fast path will not be reported");
+                None
+            }
+        };
         let task = tokio::spawn(run(Prober {
+            fdb,
+            ports,
+            claims: MacClaims::new(MAX_CLAIMS),
+            reported: std::collections::HashMap::new(),
             core: FastPaths::new(local, FastPathConfig::default()),
             engine,
             netlink: netlink.clone(),
@@ -108,11 +127,11 @@ impl FastPath {
         host: Option<IpAddr>,
         port: u16,
         overlay_mtu: u16,
-    ) -> Result<(AsyncFd<PacketSocket>, UdpSocket, u16)> {
+    ) -> Result<(AsyncFd<PacketSocket>, UdpSocket, u16, OverlayPorts)> {
         let vxlan_port = port
             .checked_add(1)
             .context("no port above the sleeve's for VXLAN")?;
-        netlink
+        let vxlan = netlink
             .create_vxlan(
                 VXLAN_DEV,
                 DATA_VNI,
@@ -139,7 +158,12 @@ impl FastPath {
         let sender = UdpSocket::bind(SocketAddrV4::new(bind_ip, 0))
             .await
             .context("cannot open a socket to send probes from")?;
-        Ok((probes, sender, vxlan_port))
+        let ports = OverlayPorts {
+            bridge: netlink.require(BRIDGE).await?.index,
+            tap: netlink.require(TAP).await?.index,
+            vxlan: vxlan.index,
+        };
+        Ok((probes, sender, vxlan_port, ports))
     }
 
     /// Stops probing and removes the devices (the bridge forgets their MACs with
@@ -160,7 +184,21 @@ pub(crate) async fn remove_devices(netlink: &Netlink) {
     }
 }
 
+/// Interface indexes of the bridge and its two overlay ports.
+#[derive(Debug, Clone, Copy)]
+struct OverlayPorts {
+    bridge: u32,
+    tap: u32,
+    vxlan: u32,
+}
+
 struct Prober {
+    /// The kernel's forwarding-table changes, if we could subscribe.
+    fdb: Option<tokio::sync::mpsc::Receiver<FdbChange>>,
+    ports: OverlayPorts,
+    claims: MacClaims,
+    /// When each MAC's last conflict was reported.
+    reported: std::collections::HashMap<Mac, Instant>,
     core: FastPaths,
     engine: EngineView,
     netlink: Netlink,
@@ -176,6 +214,78 @@ struct Prober {
 }
 
 impl Prober {
+    /// Tracks what the kernel learned: a container port on our bridge, or a MAC the
+    /// VXLAN device learned behind a peer; logs new remote MACs and conflicts, as the
+    /// forwarder does for the sleeve.
+    fn on_fdb_change(&mut self, change: &FdbChange) {
+        let mac = Mac(change.mac);
+        if mac.is_multicast() || change.mac == [0; 6] {
+            return; // flood entries
+        }
+        let holder = if change.ifindex == self.ports.vxlan && change.master.is_none() {
+            match change.remote {
+                Some(ip) => MacHolder::Peer(ip),
+                None => return,
+            }
+        } else if change.master == Some(self.ports.bridge)
+            && change.ifindex != self.ports.vxlan
+            && change.ifindex != self.ports.tap
+        {
+            MacHolder::ThisHost
+        } else {
+            return; // the overlay ports' bridge entries: the VXLAN device's own say more
+        };
+        if !change.added {
+            self.claims.forget(mac, holder);
+            return;
+        }
+        let now = Instant::now();
+        match self.claims.observe(mac, holder) {
+            MacClaim::New => {
+                if let MacHolder::Peer(_) = holder {
+                    tracing::info!(
+                        "discovered MAC {mac} at {} (fast path)",
+                        self.holder(holder)
+                    );
+                }
+            }
+            MacClaim::Moved { from } => {
+                let quiet = self
+                    .reported
+                    .get(&mac)
+                    .is_some_and(|at| now < *at + CLAIM_REPORT_INTERVAL);
+                if !quiet {
+                    if self.reported.len() >= MAX_CLAIMS {
+                        self.reported.clear();
+                    }
+                    self.reported.insert(mac, now);
+                    tracing::warn!(
+                        "MAC {mac} claimed by {} while known at {}: the latest claim wins",
+                        self.holder(holder),
+                        self.holder(from)
+                    );
+                }
+            }
+            MacClaim::Same | MacClaim::Untracked => {}
+        }
+    }
+
+    /// As the forwarder's log names owners: `this host`, `peer NAME`.
+    fn holder(&self, holder: MacHolder) -> String {
+        match holder {
+            MacHolder::ThisHost => "this host".to_owned(),
+            MacHolder::Peer(ip) => self
+                .core
+                .candidates()
+                .iter()
+                .find(|(_, c)| c.addr == ip)
+                .map_or_else(
+                    || format!("the peer at {ip}"),
+                    |(peer, _)| format!("peer {peer}"),
+                ),
+        }
+    }
+
     /// Publishes where every established path's fast path stands.
     fn publish(&self, now: Instant) {
         let mut standings = self.not_offered.clone();
@@ -241,6 +351,13 @@ async fn run(mut p: Prober) {
             .map_or(now + RECHECK, |at| at.min(now + RECHECK));
         tokio::select! {
             () = tokio::time::sleep_until(wake.into()) => {}
+            change = next_fdb_change(&mut p.fdb) => match change {
+                Some(change) => p.on_fdb_change(&change),
+                None => {
+                    tracing::warn!("forwarding-table notifications stopped");
+                    p.fdb = None;
+                }
+            },
             ready = p.probes.readable() => {
                 let Ok(mut guard) = ready else {
                     tracing::error!("the fast path's probe socket failed; probing stops");
@@ -267,6 +384,16 @@ async fn run(mut p: Prober) {
                 p.publish(Instant::now());
             }
         }
+    }
+}
+
+/// The next forwarding-table change; never, without a subscription.
+async fn next_fdb_change(
+    fdb: &mut Option<tokio::sync::mpsc::Receiver<FdbChange>>,
+) -> Option<FdbChange> {
+    match fdb {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -692,3 +692,97 @@ impl Netlink {
             .collect())
     }
 }
+
+/// A change to a bridge's or a VXLAN device's forwarding table, as the kernel
+/// announces it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FdbChange {
+    /// Learned or refreshed (true), or forgotten.
+    pub(crate) added: bool,
+    /// The bridge port, or the VXLAN device for its own entries.
+    pub(crate) ifindex: u32,
+    pub(crate) mac: [u8; 6],
+    /// The remote endpoint, in a VXLAN device's own entries.
+    pub(crate) remote: Option<Ipv4Addr>,
+    /// The bridge, in a bridge port's entries.
+    pub(crate) master: Option<u32>,
+}
+
+/// How many announcements may wait unread; beyond that they are dropped (the watcher
+/// is for the log, and a flood of changes must not grow memory).
+const FDB_BACKLOG: usize = 1024;
+
+/// Subscribes to forwarding-table changes in the calling thread's namespace (netlink
+/// neighbour notifications of the bridge family). Needs a tokio runtime.
+pub(crate) fn watch_fdb() -> Result<tokio::sync::mpsc::Receiver<FdbChange>, SysError> {
+    use rtnetlink::sys::AsyncSocket;
+    let io = |context: &str, source| SysError::Io {
+        context: context.into(),
+        source,
+    };
+    let (mut conn, handle, mut messages) =
+        rtnetlink::new_connection().map_err(|e| io("opening a netlink socket", e))?;
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&rtnetlink::sys::SocketAddr::new(
+            0,
+            rtnetlink::constants::RTMGRP_NEIGH,
+        ))
+        .map_err(|e| io("subscribing to forwarding-table changes", e))?;
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel(FDB_BACKLOG);
+    tokio::spawn(async move {
+        // The connection lives as long as a handle does.
+        let _handle = handle;
+        while let Some((msg, _)) = futures::StreamExt::next(&mut messages).await {
+            let (added, neigh) = match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => (true, n),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => (false, n),
+                _ => continue,
+            };
+            let Some(change) = FdbChange::from_message(added, &neigh) else {
+                continue;
+            };
+            match tx.try_send(change) {
+                Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+    });
+    Ok(rx)
+}
+
+impl FdbChange {
+    fn from_message(added: bool, msg: &NeighbourMessage) -> Option<Self> {
+        if msg.header.family != AddressFamily::Bridge {
+            return None;
+        }
+        let mut change = Self {
+            added,
+            ifindex: msg.header.ifindex,
+            mac: [0; 6],
+            remote: None,
+            master: None,
+        };
+        let mut has_mac = false;
+        for attr in &msg.attributes {
+            match attr {
+                NeighbourAttribute::LinkLayerAddress(mac) => {
+                    if let Ok(mac) = <[u8; 6]>::try_from(&mac[..]) {
+                        change.mac = mac;
+                        has_mac = true;
+                    }
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                    change.remote = Some(*ip);
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                    change.remote = <[u8; 4]>::try_from(&bytes[..]).ok().map(Ipv4Addr::from);
+                }
+                NeighbourAttribute::Controller(master) => change.master = Some(*master),
+                _ => {}
+            }
+        }
+        has_mac.then_some(change)
+    }
+}

@@ -25,7 +25,9 @@ pub(crate) use container::{
 };
 pub(crate) use error::SysError;
 pub(crate) use firewall::{FORWARD_CHAIN, ForwardRules};
-pub(crate) use link::{LinkInfo, MAX_IFNAME, Netlink, Route4, VethPeer, check_ifname};
+pub(crate) use link::{
+    FdbChange, LinkInfo, MAX_IFNAME, Netlink, Route4, VethPeer, check_ifname, watch_fdb,
+};
 pub(crate) use netns::{NETNS_RUN_DIR, Netns, NsId, NsTarget, process_alive};
 pub(crate) use packet::PacketSocket;
 pub(crate) use tap::{TUN_F_CSUM, TUN_F_TSO_ECN, TUN_F_TSO4, TUN_F_TSO6, Tap, TapFd, TapOptions};

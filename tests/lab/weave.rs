@@ -140,3 +140,39 @@ pub(crate) fn two_hosts(lab: &mut Lab, args: &[&str]) -> (Host, Host, Container,
     plumb(&b, &cb, ip(2));
     (a, b, ca, cb)
 }
+
+/// On two hosts from [`two_hosts`]: a second container on b, then cb takes ca's MAC and
+/// speaks; waits until both hosts log that the MAC is claimed by two (the latest claim
+/// wins).
+pub(crate) fn claim_a_mac_twice(lab: &mut Lab, a: &Host, b: &Host, ca: &Container, cb: &Container) {
+    let cb2 = lab.container(b, "cb2");
+    plumb(b, &cb2, ip(3));
+    ca.wait_ping(ip(3), WAIT).unwrap();
+    let mac = ca.mac("ethwe");
+    cb.run(&["ip", "link", "set", "ethwe", "address", &mac])
+        .expect_ok();
+    cb.run(&["ip", "neigh", "flush", "dev", "ethwe"])
+        .expect_ok();
+    let _ = cb.ping(ip(1));
+    let log =
+        |h: &Host| std::fs::read_to_string(h.state_dir().join("weave.log")).unwrap_or_default();
+    for h in [a, b] {
+        wait_until(
+            &format!("{} to log the conflict", h.name()),
+            WAIT,
+            POLL,
+            || {
+                let text = log(h);
+                if text
+                    .lines()
+                    .any(|l| l.contains(&mac) && l.contains("claimed by"))
+                {
+                    Ok(())
+                } else {
+                    Err("not logged".to_owned())
+                }
+            },
+        )
+        .unwrap();
+    }
+}

@@ -258,3 +258,34 @@ proptest! {
         prop_assert_eq!(Probe::decode_frame(&buf[VXLAN_HEADER_LEN..]), Ok(probe));
     }
 }
+
+#[test]
+fn mac_claims_report_new_moved_and_forgotten_macs() {
+    let mac = |n: u8| Mac([0x02, 0, 0, 0, 0, n]);
+    let (a, b) = (MacHolder::Peer(A_ADDR), MacHolder::Peer(B_ADDR));
+    let mut claims = MacClaims::new(2);
+    assert_eq!(claims.observe(mac(1), MacHolder::ThisHost), MacClaim::New);
+    assert_eq!(claims.observe(mac(1), MacHolder::ThisHost), MacClaim::Same);
+    // A frame from a peer with our container's MAC.
+    assert_eq!(
+        claims.observe(mac(1), a),
+        MacClaim::Moved {
+            from: MacHolder::ThisHost
+        }
+    );
+    assert_eq!(claims.observe(mac(1), b), MacClaim::Moved { from: a });
+    // A stale deletion changes nothing; the current holder's forgets it.
+    claims.forget(mac(1), a);
+    assert_eq!(claims.observe(mac(1), b), MacClaim::Same);
+    claims.forget(mac(1), b);
+    assert!(claims.is_empty());
+    assert_eq!(
+        claims.observe(mac(1), a),
+        MacClaim::New,
+        "no conflict after forgetting"
+    );
+    // Bounded.
+    assert_eq!(claims.observe(mac(2), a), MacClaim::New);
+    assert_eq!(claims.observe(mac(3), a), MacClaim::Untracked);
+    assert_eq!(claims.len(), 2);
+}

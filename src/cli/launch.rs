@@ -105,6 +105,10 @@ pub(super) fn router_args(args: &DaemonArgs, state_dir: &Path) -> Vec<OsString> 
     flag("ipalloc-init", args.ipalloc_init.to_string().into());
     flag("dns-domain", args.dns_domain.clone().into());
     flag("dns-ttl", args.dns_ttl.to_string().into());
+    flag(
+        "dns-fallback-timeout",
+        format!("{}ms", args.dns_fallback_timeout.as_millis()).into(),
+    );
     if let Some(listen) = args.dns_listen_address {
         flag("dns-listen-address", listen.to_string().into());
     }

@@ -166,6 +166,11 @@ pub(crate) struct DaemonArgs {
     /// TTL of the DNS answers for container names, seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 1)]
     pub(crate) dns_ttl: u32,
+    /// How long to wait for each upstream DNS server with names outside the domain
+    /// (5, 5s, 1.5s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "5s",
+          value_parser = crate::daemon::dns::parse_timeout)]
+    pub(crate) dns_fallback_timeout: Duration,
     /// Also serve DNS on the host at ADDR[:PORT] (containers are served inside their own
     /// namespace at 127.0.0.12:53 regardless).
     #[arg(long, value_name = "ADDR[:PORT]", value_parser = crate::daemon::dns::parse_listen)]

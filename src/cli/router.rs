@@ -57,7 +57,7 @@ pub(super) fn daemon_config(args: DaemonArgs) -> anyhow::Result<DaemonConfig> {
             domain: args.dns_domain,
             ttl: args.dns_ttl,
             listen: args.dns_listen_address,
-            ..DnsSettings::default()
+            upstream_timeout: args.dns_fallback_timeout,
         },
     })
 }

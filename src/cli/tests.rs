@@ -57,6 +57,7 @@ fn launch_defaults_match_weave() {
             no_dns: false,
             dns_domain: "weave.local.".to_owned(),
             dns_ttl: 1,
+            dns_fallback_timeout: std::time::Duration::from_secs(5),
             dns_listen_address: None,
         }
     );
@@ -234,8 +235,14 @@ fn the_password_stays_out_of_the_routers_argv() {
         "02:00:00:00:00:01",
         "--no-discovery",
         "--no-fastdp",
+        "--dns-fallback-timeout",
+        "1.5s",
         "192.0.2.2",
     ]);
+    assert_eq!(
+        a.dns_fallback_timeout,
+        std::time::Duration::from_millis(1500)
+    );
     let argv = launch::router_args(&a, Path::new("/var/lib/weave-test"));
     assert!(
         argv.iter()

@@ -135,6 +135,23 @@ pub(crate) fn parse_domain(text: &str) -> Result<String, String> {
     Ok(dotted)
 }
 
+/// `--dns-fallback-timeout`: how long to wait for each upstream server, as `5` or `5s`
+/// (seconds, fractions allowed) or `500ms`; between 10 ms and 60 s.
+pub(crate) fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let bad = || format!("{text:?} is not a duration (5, 5s, 1.5s or 500ms)");
+    let (number, scale) = match text.strip_suffix("ms") {
+        Some(ms) => (ms, 1e-3),
+        None => (text.strip_suffix('s').unwrap_or(text), 1.0),
+    };
+    let value: f64 = number.trim().parse().map_err(|_| bad())?;
+    let secs = value * scale;
+    if !(0.01..=60.0).contains(&secs) {
+        return Err(format!("{text:?} is outside 10ms..60s"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 /// `--dns-listen-address ADDR[:PORT]` (port 53 if not given).
 pub(crate) fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     let text = text.trim();
@@ -1264,6 +1281,15 @@ mod tests {
             Ok("198.51.100.1:5353".parse().expect("literal"))
         );
         assert!(parse_listen("nope").is_err());
+        assert_eq!(parse_timeout("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_timeout("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_timeout("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_timeout("250ms"), Ok(Duration::from_millis(250)));
+        for bad in [
+            "", "s", "ms", "-1", "0", "5ms", "61", "NaN", "inf", "5m", "1e9",
+        ] {
+            assert!(parse_timeout(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

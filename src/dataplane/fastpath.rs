@@ -15,6 +15,11 @@
 //! the reverse, and the kernel forgets the MACs it learned behind it. Each change
 //! flushes the MACs the bridge learned on both ports, so no frame keeps following the
 //! path it took before.
+//!
+//! The task also publishes where each peer's fast path stands (`weave status
+//! connections` shows why a connection is on the sleeve), and watches the kernel's MAC
+//! learning over netlink: frames between fast peers never reach the forwarder, so this
+//! is where a MAC claimed by two hosts is noticed and logged.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `GET /status` | `weave status` text |
 //! | `GET /status/targets`, `/status/connections`, `/status/peers`, `/status/ipam`, `/status/dns` | that view's text |
-//! | `GET /report` | the [`Report`](crate::report::Report) as pretty JSON |
+//! | `GET /report` | the [`Report`] as pretty JSON |
 //! | `GET /metrics` | Prometheus / OpenMetrics text |
 //! | `POST /connect` | form `peer=h[:p]` (repeated), `replace=true`: add targets |
 //! | `POST /forget` | form `peer=h[:p]` (repeated): drop targets |

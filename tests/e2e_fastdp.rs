@@ -10,7 +10,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use lab::weave::{
-    claim_a_mac_twice, ip, launch, plumb, report, two_hosts, wait_established, weave,
+    claim_a_mac_twice, ip, launch, plumb, report, status_port_get, two_hosts, wait_established,
+    weave,
 };
 use lab::{Container, Host, Lab, wait_until};
 
@@ -162,6 +163,12 @@ fn a_blocked_fast_path_falls_back_to_the_sleeve_and_comes_back() {
     // Each side says which way the probes fail: b hears none, a hears that b hears none.
     wait_overlay(&b, "fastdp=no-probes-from-peer", 1);
     wait_overlay(&a, "fastdp=no-probes-to-peer", 1);
+    // ... and so does /metrics, for alerting.
+    let metrics = status_port_get(&b, "/metrics");
+    assert!(
+        metrics.contains(r#"weave_sleeve_connections{reason="no-probes-from-peer"} 1"#),
+        "{metrics}"
+    );
     let mut del = vec!["iptables", "-w", "-D"];
     del.extend(rule);
     b.run(&del).expect_ok();

@@ -1,6 +1,7 @@
 //! Prometheus metrics, rendered per scrape from a [`Report`] snapshot: names and labels as
 //! in Weave Net (`weave_connections{state}`, `weave_connection_terminations_total`), plus
-//! the peer count and control-plane byte counters.
+//! the peer count, control-plane byte counters, data-plane frame counters and
+//! `weave_sleeve_connections{reason}` (why connections are not on the fast path).
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -47,6 +48,31 @@ pub(crate) fn render(report: &Report) -> String {
         "weave_connections",
         "Number of peer-to-peer connections",
         connections,
+    );
+
+    // Why established connections are not on the fast path (`fastdp=...` in `weave status
+    // connections`): what to alert on when a firewall silently blocks UDP 6784.
+    let sleeve = Family::<[(&'static str, String); 1], Gauge>::default();
+    for conn in router
+        .connections
+        .iter()
+        .filter(|c| c.state == "established")
+    {
+        let attr = |key: &str| {
+            conn.attrs
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        if attr("name") == Some("sleeve") {
+            let reason = attr("fastdp").unwrap_or_default().to_owned();
+            sleeve.get_or_create(&[("reason", reason)]).inc();
+        }
+    }
+    registry.register(
+        "weave_sleeve_connections",
+        "Established connections on the sleeve, by why they are not on the fast path",
+        sleeve,
     );
 
     let peers = Gauge::<i64>::default();
@@ -234,8 +260,14 @@ mod tests {
                 targets: vec!["192.0.2.2".to_owned()],
                 connections: vec![
                     conn("established", true, Some("sleeve")),
-                    conn("established", true, Some("sleeve")),
-                    conn("established", false, None),
+                    ConnectionReport {
+                        attrs: vec![
+                            ("name".to_owned(), "sleeve".to_owned()),
+                            ("fastdp".to_owned(), "encrypted".to_owned()),
+                        ],
+                        ..conn("established", true, None)
+                    },
+                    conn("established", false, Some("fastdp")),
                     conn("failed", false, None),
                 ],
                 peers: vec![
@@ -270,7 +302,7 @@ mod tests {
                 "weave_captured_frames_total 0",
                 "weave_connection_terminations_total 7",
                 r#"weave_connections{state="connecting",type="",encryption=""} 0"#,
-                r#"weave_connections{state="established",type="",encryption="no"} 1"#,
+                r#"weave_connections{state="established",type="fastdp",encryption="no"} 1"#,
                 r#"weave_connections{state="established",type="sleeve",encryption="yes"} 2"#,
                 r#"weave_connections{state="failed",type="",encryption="no"} 1"#,
                 r#"weave_connections{state="pending",type="",encryption=""} 0"#,
@@ -280,6 +312,8 @@ mod tests {
                 "weave_gossip_rejected_total 2",
                 "weave_overlay_mtu 0",
                 "weave_peers 3",
+                r#"weave_sleeve_connections{reason=""} 1"#,
+                r#"weave_sleeve_connections{reason="encrypted"} 1"#,
                 "weave_targets 1",
             ]
         );
